@@ -1,0 +1,529 @@
+package ermeosecrets
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
+)
+
+// The name pattern is broad on purpose: the handlers check names themselves,
+// so that a bad name gets a 400 that says what is allowed, not a 404.
+const accountNamePattern = `(?P<name>.+)`
+
+var accountNameField = &framework.FieldSchema{
+	Type:        framework.TypeString,
+	Description: "Name of the account: letters, digits, '-' and '_'.",
+	Required:    true,
+}
+
+func pathAccounts(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "accounts/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "accounts",
+				Navigation:      true,
+				ItemType:        "Account",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathAccountsList,
+					Summary:  "List the accounts.",
+					Responses: map[int][]framework.Response{http.StatusOK: {{
+						Description: "OK",
+						Fields:      map[string]*framework.FieldSchema{"keys": {Type: framework.TypeStringSlice, Description: "Account names."}},
+					}}},
+				},
+			},
+			HelpSynopsis:    pathAccountsListHelpSyn,
+			HelpDescription: pathAccountsListHelpDesc,
+		},
+		{
+			Pattern: "accounts/" + accountNamePattern + "/rotate$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationVerb:   "rotate",
+				OperationSuffix: "account",
+			},
+			Fields: map[string]*framework.FieldSchema{"name": accountNameField},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:  b.pathAccountRotate,
+					Summary:   "Rotate the account's refresh chain now.",
+					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+				},
+			},
+			HelpSynopsis:    pathAccountRotateHelpSyn,
+			HelpDescription: pathAccountRotateHelpDesc,
+		},
+		{
+			Pattern: "accounts/" + accountNamePattern,
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "account",
+				Action:          "Create",
+				ItemType:        "Account",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": accountNameField,
+				"username": {
+					Type:        framework.TypeString,
+					Description: "The Ermeo username (e-mail) of the account. Required when the account is created.",
+				},
+				"password": {
+					Type:         framework.TypeString,
+					Description:  "The Ermeo password, used once for a password grant that starts a new refresh chain, then forgotten unless store_password=true. Write-only.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"store_password": {
+					Type:        framework.TypeBool,
+					Description: "Keep the password (seal-wrapped) so that a lost chain is restarted without an operator. Ermeo calls keeping passwords a bad practice; off by default.",
+					Default:     false,
+				},
+				"refresh_token": {
+					Type:         framework.TypeString,
+					Description:  "Adopt an existing refresh chain instead of giving a password: the token is spent at once for a new pair, which verifies it. Write-only.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"min_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "The least life an access token handed out by creds/<name> has left; a token with less is refreshed first. Defaults to config's default_min_ttl.",
+				},
+				"rotation_period": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Rotate an idle chain once its refresh token is this old (at most 13 days: refresh tokens live 2 weeks). Defaults to config's default_rotation_period.",
+				},
+			},
+			ExistenceCheck: b.pathAccountExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:  b.pathAccountRead,
+					Summary:   "Read the account's status (never a secret).",
+					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+				},
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:  b.pathAccountWrite,
+					Summary:   "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
+					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:  b.pathAccountWrite,
+					Summary:   "Change the account's settings, or restart its chain with a new password.",
+					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:  b.pathAccountDelete,
+					Summary:   "Forget the account, its refresh chain and any kept password.",
+					Responses: map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
+				},
+			},
+			HelpSynopsis:    pathAccountHelpSyn,
+			HelpDescription: pathAccountHelpDesc,
+		},
+	}
+}
+
+var accountResponseFields = map[string]*framework.FieldSchema{
+	"name":                     {Type: framework.TypeString, Required: true},
+	"username":                 {Type: framework.TypeString, Required: true},
+	"state":                    {Type: framework.TypeString, Required: true, Description: "active, or needs_reauth when the chain is gone and a password must be written."},
+	"password_stored":          {Type: framework.TypeBool, Required: true},
+	"generation":               {Type: framework.TypeInt64, Required: true, Description: "How many grants the account's chains have had."},
+	"access_token_expires_at":  {Type: framework.TypeString, Required: true},
+	"refresh_token_issued_at":  {Type: framework.TypeString, Required: true},
+	"refresh_token_expires_at": {Type: framework.TypeString, Required: true},
+	"last_rotation":            {Type: framework.TypeString, Required: true},
+	"last_error":               {Type: framework.TypeString, Required: true},
+	"rotation_in_flight":       {Type: framework.TypeBool, Required: true, Description: "A refresh was sent whose answer never arrived: the stored refresh token may be spent. The next refresh finds out."},
+	"min_ttl":                  {Type: framework.TypeDurationSecond, Required: true},
+	"rotation_period":          {Type: framework.TypeDurationSecond, Required: true},
+}
+
+func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := listAccounts(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathAccountExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	name := d.Get("name").(string)
+	if validateAccountName(name) != nil {
+		return false, nil
+	}
+	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	return a != nil, err
+}
+
+func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateAccountName(name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	if err != nil || a == nil {
+		return nil, err
+	}
+	cfg, err := loadConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: accountView(name, a, cfg)}, nil
+}
+
+// accountRequest is what a write to accounts/<name> asks for.
+type accountRequest struct {
+	username, password, refreshToken string
+	hasUsername, hasPassword         bool
+	hasRefreshToken                  bool
+	storePassword, hasStorePassword  bool
+	minTTL, rotationPeriod           time.Duration
+	hasMinTTL, hasRotationPeriod     bool
+}
+
+func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
+	if err := unknownFields(d); err != nil {
+		return nil, err
+	}
+	r := &accountRequest{}
+	var err error
+	if r.username, r.hasUsername, err = stringField(d, "username"); err != nil {
+		return nil, err
+	}
+	r.username = strings.TrimSpace(r.username)
+	if r.hasUsername && r.username == "" {
+		return nil, errors.New("username: must not be empty")
+	}
+	if r.password, r.hasPassword, err = stringField(d, "password"); err != nil {
+		return nil, err
+	}
+	if r.hasPassword && r.password == "" {
+		return nil, errors.New("password: must not be empty")
+	}
+	if r.refreshToken, r.hasRefreshToken, err = stringField(d, "refresh_token"); err != nil {
+		return nil, err
+	}
+	if r.hasRefreshToken && strings.TrimSpace(r.refreshToken) == "" {
+		return nil, errors.New("refresh_token: must not be empty")
+	}
+	if r.hasPassword && r.hasRefreshToken {
+		return nil, errors.New("password, refresh_token: give one or the other, not both")
+	}
+	raw, ok, err := d.GetOkErr("store_password")
+	if err != nil {
+		return nil, errors.New("store_password: must be true or false")
+	}
+	if ok {
+		r.storePassword, r.hasStorePassword = raw.(bool), true
+	}
+	if r.minTTL, r.hasMinTTL, err = durationField(d, "min_ttl", minMinTTL, maxMinTTL); err != nil {
+		return nil, err
+	}
+	if r.rotationPeriod, r.hasRotationPeriod, err = durationField(d, "rotation_period", minRotationPeriod, maxRotationPeriod); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateAccountName(name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	r, err := parseAccountRequest(d)
+	if err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	cfg, err := loadConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=... first", req.MountPoint), nil
+	}
+
+	lock := b.accountLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	// Read.
+	old, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+
+	// Validate.
+	switch {
+	case old == nil && !r.hasUsername:
+		return logical.ErrorResponse("username: required to create an account"), nil
+	case old == nil && !r.hasPassword && !r.hasRefreshToken:
+		return logical.ErrorResponse("password: required to create an account (or refresh_token, to adopt an existing chain)"), nil
+	case old != nil && r.hasUsername && r.username != old.Username && !r.hasPassword && !r.hasRefreshToken:
+		return logical.ErrorResponse("username: changing it needs the new account's password too"), nil
+	case r.hasStorePassword && r.storePassword && !r.hasPassword && (old == nil || !old.PasswordKept):
+		return logical.ErrorResponse("store_password: true needs the password in the same write"), nil
+	}
+
+	a := &accountEntry{State: stateActive}
+	if old != nil {
+		c := *old
+		a = &c
+	}
+	if r.hasUsername {
+		a.Username = r.username
+	}
+	if r.hasMinTTL {
+		a.MinTTL = r.minTTL
+	}
+	if r.hasRotationPeriod {
+		a.RotationPeriod = r.rotationPeriod
+	}
+	keepPassword := a.PasswordKept
+	if r.hasStorePassword {
+		keepPassword = r.storePassword
+	} else if r.hasPassword || r.hasRefreshToken {
+		// A new chain from a new secret: keep a password only if asked again.
+		keepPassword = false
+	}
+
+	// Act.
+	ctx = context.WithoutCancel(ctx)
+	resp := &logical.Response{}
+	switch {
+	case r.hasPassword:
+		client, err := b.client(cfg)
+		if err != nil {
+			return nil, err
+		}
+		pctx, cancel := upstreamContext(ctx, cfg)
+		tok, err := client.PasswordGrant(pctx, a.Username, r.password)
+		cancel()
+		if err != nil {
+			return grantErrorResponse("password", err)
+		}
+		b.startChain(a, tok)
+		a.PasswordKept = keepPassword
+		// The chain first: a failure after this leaves a working account.
+		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
+			return nil, err
+		}
+		if keepPassword {
+			if err := savePassword(ctx, req.Storage, name, r.password); err != nil {
+				return nil, err
+			}
+		} else if err := deletePassword(ctx, req.Storage, name); err != nil {
+			return nil, err
+		}
+
+	case r.hasRefreshToken:
+		// Adopt: store the token, then spend it at once through the rotation
+		// protocol. That verifies it and tells us when its successor was issued.
+		a.RefreshToken = strings.TrimSpace(r.refreshToken)
+		a.RefreshTokenIssuedAt = time.Time{}
+		a.AccessToken, a.AccessTokenExpiresAt = "", time.Time{}
+		a.State, a.LastError, a.RotationIntent = stateActive, "", nil
+		a.PasswordKept = false
+		if err := deletePassword(ctx, req.Storage, name); err != nil {
+			return nil, err
+		}
+		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
+			return nil, err
+		}
+		next, err := b.rotateLocked(ctx, req.Storage, cfg, req.MountPoint, name, a)
+		if err != nil {
+			var reauth *errNeedsReauth
+			if errors.As(err, &reauth) {
+				return logical.ErrorResponse("refresh_token: Ermeo refused it: %s", next.LastError), nil
+			}
+			return nil, err
+		}
+		a = next
+
+	default:
+		if !keepPassword && a.PasswordKept {
+			if err := deletePassword(ctx, req.Storage, name); err != nil {
+				return nil, err
+			}
+		}
+		a.PasswordKept = keepPassword
+		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
+			return nil, err
+		}
+	}
+
+	// Respond.
+	resp.Data = accountView(name, a, cfg)
+	return resp, nil
+}
+
+// grantErrorResponse turns a failed grant into what the operator should see:
+// a 400 for what they can fix (credentials, config), a 502 for the network.
+func grantErrorResponse(field string, err error) (*logical.Response, error) {
+	var rejected *ermeo.RejectedError
+	if errors.As(err, &rejected) {
+		switch rejected.Code {
+		case "invalid_grant":
+			return logical.ErrorResponse("%s: Ermeo refused the username and password: %s", field, rejected.Error()), nil
+		case "invalid_client", "unauthorized_client":
+			return logical.ErrorResponse("client_id, client_secret (in config): Ermeo refused the client: %s", rejected.Error()), nil
+		default:
+			return logical.ErrorResponse("Ermeo refused the grant: %s", rejected.Error()), nil
+		}
+	}
+	return nil, logical.CodedError(http.StatusBadGateway, "Ermeo did not answer the grant: "+err.Error())
+}
+
+func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateAccountName(name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	lock := b.accountLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	if err := deleteAccount(ctx, req.Storage, name); err != nil {
+		return nil, err
+	}
+	b.forgetUnsaved(name)
+	return nil, nil
+}
+
+func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	if err := validateAccountName(name); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	if err := unknownFields(d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
+	cfg, err := loadConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=... first", req.MountPoint), nil
+	}
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
+	}
+
+	lock := b.accountLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	if err != nil || a == nil {
+		return nil, err
+	}
+	next, err := b.rotateLocked(ctx, req.Storage, cfg, req.MountPoint, name, a)
+	if err != nil {
+		var reauth *errNeedsReauth
+		if errors.As(err, &reauth) {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		return nil, err
+	}
+	return &logical.Response{Data: accountView(name, next, cfg)}, nil
+}
+
+// accountView is what a read of an account shows: status, never a secret.
+func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any {
+	refreshExpires := time.Time{}
+	if !a.RefreshTokenIssuedAt.IsZero() && a.RefreshToken != "" {
+		refreshExpires = a.RefreshTokenIssuedAt.Add(refreshTokenLifetime)
+	}
+	return map[string]any{
+		"name":                     name,
+		"username":                 a.Username,
+		"state":                    a.State,
+		"password_stored":          a.PasswordKept,
+		"generation":               int64(a.Generation),
+		"access_token_expires_at":  formatTime(a.AccessTokenExpiresAt),
+		"refresh_token_issued_at":  formatTime(a.RefreshTokenIssuedAt),
+		"refresh_token_expires_at": formatTime(refreshExpires),
+		"last_rotation":            formatTime(a.LastRotation),
+		"last_error":               a.LastError,
+		"rotation_in_flight":       a.RotationIntent != nil,
+		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
+		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
+	}
+}
+
+func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.MinTTL > 0:
+		return a.MinTTL
+	case cfg != nil && cfg.DefaultMinTTL > 0:
+		return cfg.DefaultMinTTL
+	default:
+		return defaultMinTTL
+	}
+}
+
+func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.RotationPeriod > 0:
+		return a.RotationPeriod
+	case cfg != nil && cfg.DefaultRotationPeriod > 0:
+		return cfg.DefaultRotationPeriod
+	default:
+		return defaultRotationPeriod
+	}
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+const pathAccountsListHelpSyn = `List the Ermeo accounts of this engine.`
+
+const pathAccountsListHelpDesc = `
+Each account holds one Ermeo user's refresh chain. Read creds/<name> for its
+access token, and accounts/<name> for its status.
+`
+
+const pathAccountHelpSyn = `Manage one Ermeo account: its username and its refresh chain.`
+
+const pathAccountHelpDesc = `
+Creating an account runs Ermeo's password grant once, with the username and
+password given, and stores the refresh token it returns. The password is then
+forgotten, unless store_password=true: a kept password lets the engine start a
+new chain by itself when the old one is lost. Instead of a password you may
+give a refresh_token to adopt a chain you already hold; it is spent at once.
+
+Writing a password to an existing account starts a new chain (use this when
+the account's state is needs_reauth). Writing only min_ttl or rotation_period
+changes those settings.
+
+A read shows the account's status and never a secret: state (active or
+needs_reauth), whether a password is kept, the access token's expiry, the
+refresh token's issue and expiry times, the chain's generation, the last
+rotation and the last error.
+
+Examples:
+  vault write ermeo/accounts/app username=jane@example.com password=-
+  vault read ermeo/accounts/app
+`
+
+const pathAccountRotateHelpSyn = `Rotate the account's refresh chain now.`
+
+const pathAccountRotateHelpDesc = `
+Spends the account's current refresh token for a new access token and refresh
+token, under the account's lock, as a read of creds/<name> does when the access
+token is too old. Use it to test the chain, or after an incident.
+
+Example:
+  vault write -f ermeo/accounts/app/rotate
+`

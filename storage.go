@@ -1,0 +1,163 @@
+package ermeosecrets
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Every storage key the plugin uses is built in this file, and nowhere else.
+//
+//	config               configEntry: api_url, client id and secret, defaults   (seal-wrapped)
+//	accounts/<name>      accountEntry: username, the current refresh token and
+//	                     access token, the chain's generation, the rotation
+//	                     intent record, state                                    (seal-wrapped)
+//	passwords/<name>     passwordEntry: kept only with store_password=true       (seal-wrapped)
+//
+// The rotation intent record lives inside the account entry, so that clearing
+// it and storing the new pair is one atomic write.
+const (
+	configKey      = "config"
+	accountPrefix  = "accounts/"
+	passwordPrefix = "passwords/"
+)
+
+// sealWrappedPaths are declared in PathsSpecial.SealWrapStorage: everything
+// that holds a secret.
+var sealWrappedPaths = []string{configKey, accountPrefix, passwordPrefix}
+
+func accountKey(name string) string  { return accountPrefix + name }
+func passwordKey(name string) string { return passwordPrefix + name }
+
+// configEntry is the mount's connection to Ermeo.
+type configEntry struct {
+	APIURL                string        `json:"api_url"`
+	ClientID              string        `json:"client_id"`
+	ClientSecret          string        `json:"client_secret"`
+	BodyFormat            string        `json:"body_format"`
+	RequestTimeout        time.Duration `json:"request_timeout"`
+	DefaultMinTTL         time.Duration `json:"default_min_ttl"`
+	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
+}
+
+// Account states.
+const (
+	stateActive      = "active"
+	stateNeedsReauth = "needs_reauth"
+)
+
+// rotationIntent records, before a refresh token is sent to Ermeo, that it is
+// about to be spent. Found later (after a crash or an unanswered request), it
+// means the stored refresh token may no longer work.
+type rotationIntent struct {
+	Generation uint64    `json:"generation"`
+	StartedAt  time.Time `json:"started_at"`
+	Attempts   int       `json:"attempts"`
+}
+
+// accountEntry is one Ermeo account and the current link of its refresh chain.
+type accountEntry struct {
+	Username             string          `json:"username"`
+	PasswordKept         bool            `json:"password_kept"`
+	RefreshToken         string          `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time       `json:"refresh_token_issued_at"`
+	AccessToken          string          `json:"access_token"`
+	AccessTokenExpiresAt time.Time       `json:"access_token_expires_at"`
+	Generation           uint64          `json:"generation"`
+	LastRotation         time.Time       `json:"last_rotation"`
+	LastError            string          `json:"last_error,omitempty"`
+	State                string          `json:"state"`
+	MinTTL               time.Duration   `json:"min_ttl,omitempty"`
+	RotationPeriod       time.Duration   `json:"rotation_period,omitempty"`
+	RotationIntent       *rotationIntent `json:"rotation_intent,omitempty"`
+}
+
+// passwordEntry is an account's password, kept only when the operator opted in.
+type passwordEntry struct {
+	Password string `json:"password"`
+}
+
+func loadConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
+	var c configEntry
+	ok, err := getJSON(ctx, s, configKey, &c)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func saveConfig(ctx context.Context, s logical.Storage, c *configEntry) error {
+	return putJSON(ctx, s, configKey, c)
+}
+
+func deleteConfig(ctx context.Context, s logical.Storage) error {
+	return s.Delete(ctx, configKey)
+}
+
+func loadAccount(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
+	var a accountEntry
+	ok, err := getJSON(ctx, s, accountKey(name), &a)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &a, nil
+}
+
+func saveAccount(ctx context.Context, s logical.Storage, name string, a *accountEntry) error {
+	return putJSON(ctx, s, accountKey(name), a)
+}
+
+func deleteAccount(ctx context.Context, s logical.Storage, name string) error {
+	if err := s.Delete(ctx, passwordKey(name)); err != nil {
+		return err
+	}
+	return s.Delete(ctx, accountKey(name))
+}
+
+func listAccounts(ctx context.Context, s logical.Storage) ([]string, error) {
+	return s.List(ctx, accountPrefix)
+}
+
+func loadPassword(ctx context.Context, s logical.Storage, name string) (string, error) {
+	var p passwordEntry
+	ok, err := getJSON(ctx, s, passwordKey(name), &p)
+	if err != nil || !ok {
+		return "", err
+	}
+	return p.Password, nil
+}
+
+func savePassword(ctx context.Context, s logical.Storage, name, password string) error {
+	return putJSON(ctx, s, passwordKey(name), &passwordEntry{Password: password})
+}
+
+func deletePassword(ctx context.Context, s logical.Storage, name string) error {
+	return s.Delete(ctx, passwordKey(name))
+}
+
+func getJSON(ctx context.Context, s logical.Storage, key string, out any) (bool, error) {
+	e, err := s.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if e == nil {
+		return false, nil
+	}
+	if err := e.DecodeJSON(out); err != nil {
+		return false, fmt.Errorf("decoding %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
+	e, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	if err := s.Put(ctx, e); err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}
