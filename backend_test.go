@@ -1,0 +1,167 @@
+package ermeosecrets
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
+)
+
+// The fake's default client and user, from ermeo-vectors.json.
+const (
+	testClientID     = "5_2och3ahuji2owccg8004cwkk8woc8gcggsk0c0scc0s8og4swk"
+	testClientSecret = "4ok2x70rlfokc8g0wws8c8kwcokw80k44sg48goc0ok4w0so0k"
+	testUser         = "jane@example.com"
+	testPassword     = "correct-horse"
+	testMount        = "ermeo/"
+)
+
+// testClock is a clock that moves only when the test says so.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock() *testClock {
+	return &testClock{now: time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// testEnv is a backend with in-memory storage, an injected clock, and a fake
+// Ermeo on a loopback test server that shares the clock.
+type testEnv struct {
+	t       *testing.T
+	b       *backend
+	storage *logical.InmemStorage
+	system  *logical.StaticSystemView
+	clock   *testClock
+	fake    *fakeermeo.Server
+	url     string
+}
+
+func newTestEnv(t *testing.T, opts fakeermeo.Options) *testEnv {
+	t.Helper()
+	clock := newTestClock()
+	opts.Now = clock.Now
+	fake := fakeermeo.New(opts)
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+
+	system := &logical.StaticSystemView{
+		DefaultLeaseTTLVal: 24 * time.Hour,
+		MaxLeaseTTLVal:     32 * 24 * time.Hour,
+	}
+	conf := logical.TestBackendConfig()
+	conf.System = system
+	storage := &logical.InmemStorage{}
+	conf.StorageView = storage
+	b := newBackend(clock.Now, srv.Client())
+	if err := b.Setup(context.Background(), conf); err != nil {
+		t.Fatal(err)
+	}
+	return &testEnv{t: t, b: b, storage: storage, system: system, clock: clock, fake: fake, url: srv.URL}
+}
+
+func (e *testEnv) request(op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
+	return e.requestCtx(context.Background(), op, path, data)
+}
+
+func (e *testEnv) requestCtx(ctx context.Context, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
+	req := &logical.Request{
+		Operation:  op,
+		Path:       path,
+		Data:       data,
+		Storage:    e.storage,
+		MountPoint: testMount,
+	}
+	if op == logical.UpdateOperation || op == logical.CreateOperation {
+		// Vault turns a write to a path that has an existence check into a
+		// create or an update; do the same.
+		req.Operation = logical.UpdateOperation
+		if found, exists, err := e.b.HandleExistenceCheck(ctx, req); err == nil && found && !exists {
+			req.Operation = logical.CreateOperation
+		}
+	}
+	return e.b.HandleRequest(ctx, req)
+}
+
+// must fails the test unless the request succeeded without an error response.
+func (e *testEnv) must(op logical.Operation, path string, data map[string]any) *logical.Response {
+	e.t.Helper()
+	resp, err := e.request(op, path, data)
+	if err != nil || resp.IsError() {
+		e.t.Fatalf("%s %s: err=%v resp=%v", op, path, err, resp)
+	}
+	return resp
+}
+
+func (e *testEnv) configure() {
+	e.t.Helper()
+	e.must(logical.UpdateOperation, "config", map[string]any{
+		"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret,
+	})
+}
+
+func (e *testEnv) createAccount(name string, extra map[string]any) {
+	e.t.Helper()
+	data := map[string]any{"username": testUser, "password": testPassword}
+	for k, v := range extra {
+		data[k] = v
+	}
+	e.must(logical.UpdateOperation, "accounts/"+name, data)
+}
+
+func (e *testEnv) creds(name string) *logical.Response {
+	e.t.Helper()
+	return e.must(logical.ReadOperation, "creds/"+name, nil)
+}
+
+func (e *testEnv) stored(name string) *accountEntry {
+	e.t.Helper()
+	a, err := loadAccount(context.Background(), e.storage, name)
+	if err != nil || a == nil {
+		e.t.Fatalf("stored account %s: %v %v", name, a, err)
+	}
+	return a
+}
+
+func (e *testEnv) assertNoTokenUsedTwice() {
+	e.t.Helper()
+	if c := e.fake.Counters(); c.RefreshTokensUsedTwice != 0 {
+		e.t.Fatalf("the fake saw %d refresh tokens used twice", c.RefreshTokensUsedTwice)
+	}
+}
+
+func TestBackendDeclaresSealWrappedPaths(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	got := strings.Join(e.b.SpecialPaths().SealWrapStorage, ",")
+	for _, want := range []string{configKey, accountPrefix, passwordPrefix} {
+		if !strings.Contains(got, want) {
+			t.Errorf("SealWrapStorage %q lacks %q", got, want)
+		}
+	}
+}
+
+func TestBackendReportsVersion(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	if v := e.b.PluginVersion().Version; v != Version {
+		t.Errorf("running version %q, want %q", v, Version)
+	}
+}

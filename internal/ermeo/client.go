@@ -1,0 +1,255 @@
+// Package ermeo is a client for Ermeo's OAuth 2.0 token endpoint
+// (POST {api_url}/oauth/v2/token) and for the profile route that checks a
+// token.
+//
+// A refresh token works once, so the client never retries, never follows a
+// redirect, and sorts every failure into one of two kinds: the server answered
+// with an OAuth error (*RejectedError: nothing was granted), or there is no
+// usable answer (*UnknownOutcomeError: the grant may have happened). Secrets
+// travel only in request bodies and headers, never in URLs or error strings.
+// The package does no logging.
+package ermeo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// BodyFormat is the encoding of token request bodies.
+type BodyFormat string
+
+const (
+	BodyJSON BodyFormat = "json" // default: application/json, as Ermeo documents
+	BodyForm BodyFormat = "form" // application/x-www-form-urlencoded, as Ermeo's SDK sends
+)
+
+// DefaultAPIURL is Ermeo's API base URL, used when Config.APIURL is empty.
+const DefaultAPIURL = "https://api.ermeo.com"
+
+// MaxResponseBytes is the most of a response body the client reads.
+const MaxResponseBytes = 1 << 20
+
+const (
+	tokenPath   = "/oauth/v2/token"
+	profilePath = "/api/v1/profile"
+	userAgent   = "vault-plugin-secrets-ermeo"
+)
+
+// Config configures a Client.
+type Config struct {
+	// APIURL is the base URL, with or without a trailing slash; "" means
+	// DefaultAPIURL. The token endpoint is APIURL + "/oauth/v2/token".
+	APIURL       string
+	ClientID     string
+	ClientSecret string
+	BodyFormat   BodyFormat // "" means BodyJSON
+	// HTTPClient is used for every call; nil means a new client with a clone of
+	// http.DefaultTransport and no overall Timeout (bound calls with ctx). The
+	// client is copied, never mutated; the copy never follows redirects.
+	HTTPClient *http.Client
+}
+
+// Client calls the Ermeo API. It is safe for concurrent use.
+type Client struct {
+	baseURL      string // without trailing slash
+	clientID     string
+	clientSecret string
+	format       BodyFormat
+	http         *http.Client
+}
+
+// New checks cfg and returns a Client.
+func New(cfg Config) (*Client, error) {
+	raw := cfg.APIURL
+	if raw == "" {
+		raw = DefaultAPIURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL; keep only the reason
+		}
+		return nil, fmt.Errorf("ermeo: api_url is not a valid URL: %v", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, errors.New("ermeo: api_url must start with https:// or http://")
+	case u.Host == "":
+		return nil, errors.New("ermeo: api_url has no host")
+	case u.User != nil:
+		return nil, errors.New("ermeo: api_url must not contain user info")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, errors.New("ermeo: api_url must not contain a query or fragment")
+	}
+
+	format := cfg.BodyFormat
+	if format == "" {
+		format = BodyJSON
+	}
+	if format != BodyJSON && format != BodyForm {
+		return nil, fmt.Errorf("ermeo: unknown body format %q (want %q or %q)", cfg.BodyFormat, BodyJSON, BodyForm)
+	}
+
+	var hc http.Client
+	if cfg.HTTPClient != nil {
+		hc = *cfg.HTTPClient
+	} else {
+		hc.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	return &Client{
+		baseURL:      strings.TrimRight(raw, "/"),
+		clientID:     cfg.ClientID,
+		clientSecret: cfg.ClientSecret,
+		format:       format,
+		http:         &hc,
+	}, nil
+}
+
+// tokenRequest holds the fields of a token request body. Empty fields are
+// left out, so that the server names a missing parameter precisely.
+type tokenRequest struct {
+	GrantType    string `json:"grant_type"`
+	ClientID     string `json:"client_id,omitempty"`
+	ClientSecret string `json:"client_secret,omitempty"`
+	Username     string `json:"username,omitempty"`
+	Password     string `json:"password,omitempty"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+}
+
+func (r tokenRequest) form() url.Values {
+	v := url.Values{}
+	add := func(k, s string) {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	add("grant_type", r.GrantType)
+	add("client_id", r.ClientID)
+	add("client_secret", r.ClientSecret)
+	add("username", r.Username)
+	add("password", r.Password)
+	add("refresh_token", r.RefreshToken)
+	return v
+}
+
+// PasswordGrant exchanges a username and password for a token pair.
+func (c *Client) PasswordGrant(ctx context.Context, username, password string) (*Token, error) {
+	return c.grant(ctx, tokenRequest{GrantType: "password", Username: username, Password: password})
+}
+
+// RefreshGrant exchanges a refresh token for a new token pair. The refresh
+// token works once: on an error whose OutcomeOf is OutcomeUnknown it may be
+// spent. If the returned Token has no RefreshToken, refreshToken stays current.
+func (c *Client) RefreshGrant(ctx context.Context, refreshToken string) (*Token, error) {
+	return c.grant(ctx, tokenRequest{GrantType: "refresh_token", RefreshToken: refreshToken})
+}
+
+func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
+	r.ClientID, r.ClientSecret = c.clientID, c.clientSecret
+
+	var body []byte
+	contentType := "application/json"
+	if c.format == BodyForm {
+		body = []byte(r.form().Encode())
+		contentType = "application/x-www-form-urlencoded"
+	} else {
+		body, _ = json.Marshal(r) // a struct of strings always encodes
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+tokenPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, &UnknownOutcomeError{Reason: "cannot build request", Err: err}
+	}
+	req.Header.Set("Content-Type", contentType)
+
+	resp, respBody, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		err := rejection(resp, respBody)
+		if re, ok := err.(*RejectedError); ok {
+			re.Hint = c.hint(re)
+		}
+		return nil, err
+	}
+	return parseToken(resp.StatusCode, respBody)
+}
+
+// hint returns advice for the operator on a rejected token request.
+func (c *Client) hint(e *RejectedError) string {
+	switch {
+	case e.Code == "invalid_request" && c.format == BodyJSON && strings.Contains(e.Description, "grant_type"):
+		// The client always sends a valid grant_type: a server that cannot
+		// find it did not read the JSON body.
+		return "the server may not read JSON bodies: try body_format=form"
+	case e.Code == "invalid_client":
+		return "check client_id and client_secret"
+	}
+	return ""
+}
+
+// Profile calls GET {APIURL}/api/v1/profile with the access token and returns
+// the decoded JSON object.
+func (c *Client) Profile(ctx context.Context, accessToken string) (map[string]any, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.baseURL+profilePath, nil)
+	if err != nil {
+		return nil, &UnknownOutcomeError{Reason: "cannot build request", Err: err}
+	}
+	req.Header.Set("Authorization", "Bearer "+accessToken) // capital B: Ermeo's match is case-sensitive
+
+	resp, body, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, rejection(resp, body)
+	}
+	var profile map[string]any
+	if reason := decodeObject(body, &profile); reason != "" {
+		return nil, &UnknownOutcomeError{StatusCode: resp.StatusCode, Reason: reason}
+	}
+	return profile, nil
+}
+
+// send performs req once. It returns the response and its body only for a 200
+// or a 4xx other than 429, the statuses whose body is worth reading; every
+// other outcome is an *UnknownOutcomeError.
+func (c *Client) send(req *http.Request) (*http.Response, []byte, error) {
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, nil, transportError(req.Context(), 0, err)
+	}
+	defer resp.Body.Close() // unread bytes are dropped with the connection
+
+	code := resp.StatusCode
+	readable := code == http.StatusOK || (code >= 400 && code < 500 && code != http.StatusTooManyRequests)
+	if !readable {
+		reason := fmt.Sprintf("HTTP %d", code)
+		if code >= 300 && code < 400 {
+			reason = "redirect not followed"
+		}
+		return nil, nil, unknownFrom(resp, reason)
+	}
+
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	if err != nil {
+		return nil, nil, transportError(req.Context(), code, err)
+	}
+	if len(body) > MaxResponseBytes {
+		return nil, nil, unknownFrom(resp, "response too large")
+	}
+	return resp, body, nil
+}

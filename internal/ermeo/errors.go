@@ -1,0 +1,203 @@
+package ermeo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode"
+)
+
+// Outcome says what an error means for the grant that was asked for.
+type Outcome int
+
+const (
+	OutcomeSuccess  Outcome = iota // err == nil
+	OutcomeRejected                // the server answered with an OAuth error: nothing was granted
+	OutcomeUnknown                 // no usable answer: the grant may or may not have happened (a refresh token may be spent)
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeSuccess:
+		return "success"
+	case OutcomeRejected:
+		return "rejected"
+	case OutcomeUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// OutcomeOf classifies an error returned by the Client: nil is a success, a
+// *RejectedError (anywhere in the chain) a rejection, anything else unknown.
+func OutcomeOf(err error) Outcome {
+	if err == nil {
+		return OutcomeSuccess
+	}
+	var re *RejectedError
+	if errors.As(err, &re) {
+		return OutcomeRejected
+	}
+	return OutcomeUnknown
+}
+
+// RejectedError is an OAuth error answer: a 4xx (other than 429) whose body is
+// a JSON object with an "error" string. Nothing was granted.
+type RejectedError struct {
+	StatusCode  int
+	Code        string // the server's "error", e.g. "invalid_grant"
+	Description string // the server's "error_description" ("" when null or absent), at most 200 characters, non-printable characters replaced
+	Hint        string // advice for the operator, or ""
+}
+
+func (e *RejectedError) Error() string {
+	msg := fmt.Sprintf("ermeo: rejected with HTTP %d: %s", e.StatusCode, e.Code)
+	if e.Description != "" {
+		msg += ": " + e.Description
+	}
+	if e.Hint != "" {
+		msg += " (" + e.Hint + ")"
+	}
+	return msg
+}
+
+// ChainGone reports whether the grant was refused as invalid_grant: for a
+// refresh, the refresh token is unknown, used or expired, and only a new
+// password grant starts a new chain.
+func (e *RejectedError) ChainGone() bool { return e.Code == "invalid_grant" }
+
+// UnknownOutcomeError means there is no usable answer: the request may or may
+// not have been acted on, so a refresh token sent with it may be spent.
+type UnknownOutcomeError struct {
+	StatusCode int           // 0 when no response arrived
+	Reason     string        // short: "timeout", "connection reset", "HTTP 503", "response is not JSON", ...
+	RetryAfter time.Duration // from a Retry-After header, 0 if none
+	Err        error         // underlying error, secret-free; may be nil
+}
+
+func (e *UnknownOutcomeError) Error() string {
+	msg := "ermeo: outcome unknown: " + e.Reason
+	if e.StatusCode != 0 && !strings.HasPrefix(e.Reason, "HTTP ") {
+		msg += fmt.Sprintf(" (HTTP %d)", e.StatusCode)
+	}
+	if e.RetryAfter > 0 {
+		msg += fmt.Sprintf(", retry after %s", e.RetryAfter)
+	}
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
+
+// unknownFrom builds an UnknownOutcomeError for a response.
+func unknownFrom(resp *http.Response, reason string) *UnknownOutcomeError {
+	return &UnknownOutcomeError{
+		StatusCode: resp.StatusCode,
+		Reason:     reason,
+		RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now()),
+	}
+}
+
+// transportError classifies a failure to get or read a response.
+func transportError(ctx context.Context, status int, err error) *UnknownOutcomeError {
+	e := &UnknownOutcomeError{StatusCode: status, Reason: "request failed", Err: err}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		e.Reason = "canceled"
+		if errors.Is(ctxErr, context.DeadlineExceeded) {
+			e.Reason = "timeout"
+		}
+		if !errors.Is(err, ctxErr) {
+			e.Err = fmt.Errorf("%w: %w", ctxErr, err)
+		}
+		return e
+	}
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		e.Reason = "timeout"
+	case errors.Is(err, syscall.ECONNRESET):
+		e.Reason = "connection reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		e.Reason = "connection refused"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		e.Reason = "connection closed"
+	}
+	return e
+}
+
+// rejection classifies a readable non-200 answer (a 4xx other than 429): a
+// *RejectedError if the body is an OAuth error, else an *UnknownOutcomeError.
+func rejection(resp *http.Response, body []byte) error {
+	var fields map[string]json.RawMessage
+	_ = json.Unmarshal(body, &fields)
+	code, ok := optString(fields, "error")
+	if !ok || code == "" {
+		return unknownFrom(resp, fmt.Sprintf("HTTP %d", resp.StatusCode))
+	}
+	desc, _ := optString(fields, "error_description") // not a string: treated as absent
+	return &RejectedError{
+		StatusCode:  resp.StatusCode,
+		Code:        clean(code),
+		Description: clean(desc),
+	}
+}
+
+// optString returns the string under key: "" when absent or null, ok false
+// when the value is of another JSON type.
+func optString(fields map[string]json.RawMessage, key string) (s string, ok bool) {
+	raw, found := fields[key]
+	if !found || string(raw) == "null" {
+		return "", true
+	}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// clean makes server text safe to show: non-printable characters become '?',
+// and the result has at most 200 characters.
+func clean(s string) string {
+	const max = 200
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, s)
+	if r := []rune(s); len(r) > max {
+		s = string(r[:max])
+	}
+	return s
+}
+
+// retryAfter parses a Retry-After value: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 || n > int64(maxDuration/time.Second) {
+			return 0
+		}
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now).Round(time.Second); d > 0 {
+			return d
+		}
+	}
+	return 0
+}
+
+const maxDuration = time.Duration(1<<63 - 1)

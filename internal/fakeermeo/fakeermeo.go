@@ -1,0 +1,677 @@
+// Package fakeermeo is a fake of Ermeo's OAuth 2.0 token endpoint
+// (POST /oauth/v2/token) and of its profile API (GET /api/v1/profile), for
+// tests and the demo. It is an http.Handler: run it with httptest.NewServer or
+// the cmd/fake-ermeo binary.
+//
+// # What it is faithful to
+//
+// It answers like the server library behind Ermeo's token route
+// (FriendsOfSymfony/oauth2-php under FOSOAuthServerBundle), as described in
+// shared/ermeo-oauth.md and recorded in shared/ermeo-vectors.json:
+//
+//   - JSON and form bodies (a JSON body is ignored with Options.RefuseJSON, as
+//     with the stock library), client credentials from HTTP Basic auth before
+//     the body, and the library's check order: grant_type format, client id,
+//     client credentials, grant type allowed for the client, then the grant's
+//     own checks, with the library's error codes and descriptions;
+//   - the response headers (Content-Type: application/json, Cache-Control:
+//     no-store, private, Pragma: no-cache) and body shapes, with expires_in a
+//     JSON number;
+//   - tokens of 86 ASCII letters and digits, crypto-random;
+//   - rotation: each refresh token works once; a refresh issues a new pair and
+//     consumes the old refresh token; old access tokens stay valid until they
+//     expire; a password grant revokes nothing; lifetimes count from issue on
+//     the injected clock (Options.Now), and a token is expired only once the
+//     clock is strictly past its expiry;
+//   - the profile API's Bearer handling: "Bearer" is case-sensitive, a token
+//     may also come in the access_token query parameter, and sending it two
+//     ways at once is an invalid_request.
+//
+// Unlike the library, the fake is atomic: every grant is checked and committed
+// under one mutex, so two concurrent refreshes with one token never both
+// succeed. Instead it counts every presentation of an already consumed refresh
+// token (Counters.RefreshTokensUsedTwice), which a correct client never makes.
+// The fake implements only the password and refresh_token grants: any other
+// grant type that Options.AllowedGrants allows is answered with
+// unsupported_grant_type and a null error_description.
+//
+// # Fault knobs
+//
+// InjectFault makes requests to POST /oauth/v2/token misbehave the way proxies
+// and outages do: a delay (FaultDelay), a 5xx with an HTML body (FaultStatus),
+// a 429 (FaultTooManyRequests), a TCP reset (FaultReset), a 200 that is not
+// JSON (FaultNonJSON), all without processing the grant; or an answer lost
+// after the grant was committed (FaultLostAfterCommit), and an answer held
+// back after the commit until ReleaseHeld (FaultHold). A Fault may be limited
+// to one grant type and to a number of requests.
+//
+// GET /_fake/counters answers the Counters as JSON, for tests and demos that
+// run the fake in another process.
+package fakeermeo
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"mime"
+	"net/http"
+	"regexp"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The client credentials and user of shared/ermeo-vectors.json.
+const (
+	DefaultClientID     = "5_2och3ahuji2owccg8004cwkk8woc8gcggsk0c0scc0s8og4swk"
+	DefaultClientSecret = "4ok2x70rlfokc8g0wws8c8kwcokw80k44sg48goc0ok4w0so0k"
+	DefaultUsername     = "jane@example.com"
+	DefaultPassword     = "correct-horse"
+)
+
+// Default lifetimes, as at Ermeo.
+const (
+	DefaultAccessTokenTTL  = 7200 * time.Second
+	DefaultRefreshTokenTTL = 14 * 24 * time.Hour
+)
+
+// Paths served by the fake.
+const (
+	TokenPath    = "/oauth/v2/token"
+	ProfilePath  = "/api/v1/profile"
+	CountersPath = "/_fake/counters"
+)
+
+// Options configures a Server. The zero value gives the defaults of each field.
+type Options struct {
+	// ClientID and ClientSecret are the one client's credentials; each
+	// defaults to the value in ermeo-vectors.json when empty.
+	ClientID, ClientSecret string
+	// Users maps usernames to passwords; default
+	// {"jane@example.com": "correct-horse"}. User ids (in the profile) are
+	// given in sorted username order, from 1.
+	Users map[string]string
+	// AccessTokenTTL is the access token lifetime; default 7200 s. The
+	// response's expires_in is it in whole seconds.
+	AccessTokenTTL time.Duration
+	// RefreshTokenTTL is the refresh token lifetime; default 14 days.
+	RefreshTokenTTL time.Duration
+	// Now is the clock for token lifetimes; default time.Now.
+	Now func() time.Time
+	// RefuseJSON makes the fake ignore JSON bodies, like the stock library:
+	// only form fields are read, so a JSON request gets invalid_request
+	// "Invalid grant_type parameter or parameter missing".
+	RefuseJSON bool
+	// AllowedGrants are the grant types allowed for the client; default
+	// ["password", "refresh_token"].
+	AllowedGrants []string
+}
+
+// Counters counts what the token endpoint saw.
+type Counters struct {
+	// Grants maps a grant type ("password", "refresh_token", or "other")
+	// to an outcome ("success", an error code such as "invalid_grant", or
+	// "fault_<kind>" for a faulted request that was not processed) to a count.
+	Grants map[string]map[string]int `json:"grants"`
+	// RefreshTokensUsedTwice counts the presentations, in refresh_token
+	// grant requests, of a refresh token already consumed by a successful
+	// refresh whose answer was delivered, whatever else the request carried
+	// and whether or not a fault stopped it. It stays 0 for a correct client:
+	// a client that got the new pair never sends the old token again.
+	RefreshTokensUsedTwice int `json:"refresh_tokens_used_twice"`
+	// ReplaysAfterLostAnswer counts the presentations of a refresh token
+	// consumed by a refresh whose answer the fake dropped
+	// (FaultLostAfterCommit, or a held answer whose client gave up): the
+	// client could not know the token was spent, and a retry is how it
+	// finds out.
+	ReplaysAfterLostAnswer int `json:"replays_after_lost_answer"`
+	// LiveRefreshTokens is how many refresh tokens are issued, not
+	// consumed, and not expired at Now().
+	LiveRefreshTokens int `json:"live_refresh_tokens"`
+	// Requests counts the requests received by the token endpoint.
+	Requests int `json:"requests"`
+}
+
+type refreshToken struct {
+	clientID string
+	username string
+	expires  time.Time
+	consumed bool
+	// answerLost: the refresh that consumed this token never delivered
+	// its answer.
+	answerLost bool
+}
+
+type accessToken struct {
+	clientID string
+	username string
+	expires  time.Time
+}
+
+// Server is the fake Ermeo. Create it with New; it is safe for concurrent use.
+type Server struct {
+	opts    Options
+	allowed map[string]bool
+
+	mu            sync.Mutex
+	users         map[string]string
+	userIDs       map[string]int
+	refresh       map[string]*refreshToken
+	access        map[string]*accessToken
+	refreshIssued []string
+	accessIssued  []string
+	counters      Counters
+	faults        []*activeFault
+	release       chan struct{} // closed by ReleaseHeld
+	held          int
+}
+
+// New returns a fake Ermeo configured by opts.
+func New(opts Options) *Server {
+	if opts.ClientID == "" {
+		opts.ClientID = DefaultClientID
+	}
+	if opts.ClientSecret == "" {
+		opts.ClientSecret = DefaultClientSecret
+	}
+	if len(opts.Users) == 0 {
+		opts.Users = map[string]string{DefaultUsername: DefaultPassword}
+	}
+	if opts.AccessTokenTTL == 0 {
+		opts.AccessTokenTTL = DefaultAccessTokenTTL
+	}
+	if opts.RefreshTokenTTL == 0 {
+		opts.RefreshTokenTTL = DefaultRefreshTokenTTL
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.AllowedGrants == nil {
+		opts.AllowedGrants = []string{"password", "refresh_token"}
+	}
+	s := &Server{
+		opts:     opts,
+		allowed:  map[string]bool{},
+		users:    map[string]string{},
+		userIDs:  map[string]int{},
+		refresh:  map[string]*refreshToken{},
+		access:   map[string]*accessToken{},
+		counters: Counters{Grants: map[string]map[string]int{}},
+		release:  make(chan struct{}),
+	}
+	for _, g := range opts.AllowedGrants {
+		s.allowed[g] = true
+	}
+	names := make([]string, 0, len(opts.Users))
+	for name := range opts.Users {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		s.setUserLocked(name, opts.Users[name])
+	}
+	s.opts.Users = nil // the live copy is s.users
+	return s
+}
+
+// ServeHTTP serves the token endpoint, the profile API and the counters.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case TokenPath:
+		s.serveToken(w, r)
+	case ProfilePath:
+		s.serveProfile(w, r)
+	case CountersPath:
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			methodNotAllowed(w, "GET, HEAD")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s.Counters())
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// Counters returns a deep copy of the counters.
+func (s *Server) Counters() Counters {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.counters
+	c.Grants = map[string]map[string]int{}
+	for grant, outcomes := range s.counters.Grants {
+		c.Grants[grant] = map[string]int{}
+		for outcome, n := range outcomes {
+			c.Grants[grant][outcome] = n
+		}
+	}
+	now := s.opts.Now()
+	for _, rt := range s.refresh {
+		if !rt.consumed && !now.After(rt.expires) {
+			c.LiveRefreshTokens++
+		}
+	}
+	return c
+}
+
+// IssuedRefreshTokens returns every refresh token ever issued, oldest first.
+func (s *Server) IssuedRefreshTokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.refreshIssued...)
+}
+
+// IssuedAccessTokens returns every access token ever issued, oldest first.
+func (s *Server) IssuedAccessTokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.accessIssued...)
+}
+
+// RefreshTokenLive reports whether tok was issued and is neither consumed nor
+// expired.
+func (s *Server) RefreshTokenLive(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rt := s.refresh[tok]
+	return rt != nil && !rt.consumed && !s.opts.Now().After(rt.expires)
+}
+
+// AccessTokenValid reports whether tok was issued and has not expired.
+func (s *Server) AccessTokenValid(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := s.access[tok]
+	return at != nil && !s.opts.Now().After(at.expires)
+}
+
+// SetUserPassword adds a user or changes a user's password. Tokens already
+// issued stay valid.
+func (s *Server) SetUserPassword(username, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setUserLocked(username, password)
+}
+
+func (s *Server) setUserLocked(username, password string) {
+	if _, ok := s.userIDs[username]; !ok {
+		s.userIDs[username] = len(s.userIDs) + 1
+	}
+	s.users[username] = password
+}
+
+// ---- token endpoint ----
+
+type tokenSuccess struct {
+	AccessToken  string `json:"access_token"`
+	ExpiresIn    int64  `json:"expires_in"`
+	TokenType    string `json:"token_type"`
+	Scope        string `json:"scope"`
+	RefreshToken string `json:"refresh_token"`
+}
+
+type oauthError struct {
+	Error            string  `json:"error"`
+	ErrorDescription *string `json:"error_description"`
+}
+
+// answer is what the token endpoint replies once a grant is processed.
+type answer struct {
+	status int
+	body   any
+}
+
+func fail(code, description string) answer {
+	return answer{http.StatusBadRequest, oauthError{code, &description}}
+}
+
+// grantTypeFormat is the library's GRANT_TYPE_REGEXP.
+var grantTypeFormat = regexp.MustCompile(`^(authorization_code|token|password|client_credentials|refresh_token|https?://.+|urn:.+)$`)
+
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost && r.Method != http.MethodGet {
+		methodNotAllowed(w, "GET, POST")
+		return
+	}
+	params := s.readParams(r)
+	basicUser, basicPass, _ := r.BasicAuth()
+
+	s.mu.Lock()
+	s.counters.Requests++
+	var f *Fault
+	if r.Method == http.MethodPost {
+		f = s.takeFaultLocked(params["grant_type"])
+	}
+	s.mu.Unlock()
+
+	if f != nil && !f.Kind.processes() {
+		s.notProcessed(params, f.Kind)
+		switch f.Kind {
+		case FaultStatus:
+			status := f.Status
+			if status == 0 {
+				status = http.StatusBadGateway
+			}
+			writeHTML(w, status, "")
+		case FaultTooManyRequests:
+			if f.RetryAfter != "" {
+				w.Header().Set("Retry-After", f.RetryAfter)
+			}
+			writeHTML(w, http.StatusTooManyRequests, "")
+		case FaultReset:
+			dropConnection(w, true)
+		case FaultNonJSON:
+			writeHTML(w, http.StatusOK, "<html><body><h1>Welcome</h1><p>Please sign in.</p></body></html>\n")
+		}
+		return
+	}
+	if f != nil && f.Kind == FaultDelay {
+		if !sleepContext(r.Context(), f.Delay) {
+			s.notProcessed(params, f.Kind)
+			return
+		}
+	}
+
+	a := s.grant(params, basicUser, basicPass)
+
+	if f != nil && f.Kind == FaultLostAfterCommit {
+		s.noteAnswerLost(params, a)
+		dropConnection(w, false)
+		return
+	}
+	if f != nil && f.Kind == FaultHold && !s.hold(r.Context()) {
+		s.noteAnswerLost(params, a)
+		dropConnection(w, false)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store, private")
+	h.Set("Pragma", "no-cache")
+	w.WriteHeader(a.status)
+	json.NewEncoder(w).Encode(a.body)
+}
+
+// readParams returns the token request's fields: the query string for GET;
+// for POST, the form body, or the JSON body unless RefuseJSON. Fields that
+// are absent, empty or not scalars are left out.
+func (s *Server) readParams(r *http.Request) map[string]string {
+	params := map[string]string{}
+	if r.Method == http.MethodGet {
+		for k, v := range r.URL.Query() {
+			if len(v) > 0 && v[0] != "" {
+				params[k] = v[0]
+			}
+		}
+		return params
+	}
+	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mediaType {
+	case "application/x-www-form-urlencoded", "multipart/form-data":
+		r.ParseMultipartForm(1 << 20)
+		for k, v := range r.PostForm {
+			if len(v) > 0 && v[0] != "" {
+				params[k] = v[0]
+			}
+		}
+	case "application/json":
+		if s.opts.RefuseJSON {
+			return params
+		}
+		var body map[string]any
+		dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+		dec.UseNumber()
+		if dec.Decode(&body) != nil {
+			return params
+		}
+		for k, v := range body {
+			switch v := v.(type) {
+			case string:
+				if v != "" {
+					params[k] = v
+				}
+			case json.Number:
+				params[k] = v.String()
+			case bool:
+				if v {
+					params[k] = "1" // PHP's string form of true
+				}
+			}
+		}
+	}
+	return params
+}
+
+// grant runs the library's checks on a token request and commits the
+// result, atomically.
+func (s *Server) grant(params map[string]string, basicUser, basicPass string) answer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noteReplayLocked(params)
+	grantType := params["grant_type"]
+	a := s.checkAndIssueLocked(grantType, params, basicUser, basicPass)
+	outcome := "success"
+	if e, ok := a.body.(oauthError); ok {
+		outcome = e.Error
+	}
+	s.countLocked(grantType, outcome)
+	return a
+}
+
+func (s *Server) checkAndIssueLocked(grantType string, params map[string]string, basicUser, basicPass string) answer {
+	if !grantTypeFormat.MatchString(grantType) {
+		return fail("invalid_request", "Invalid grant_type parameter or parameter missing")
+	}
+	clientID, secret := basicUser, basicPass
+	if basicUser == "" {
+		clientID, secret = params["client_id"], params["client_secret"]
+		if clientID == "" {
+			return fail("invalid_client", "Client id was not found in the headers or body")
+		}
+	}
+	if clientID != s.opts.ClientID || secret != s.opts.ClientSecret {
+		return fail("invalid_client", "The client credentials are invalid")
+	}
+	if !s.allowed[grantType] {
+		return fail("unauthorized_client", "The grant type is unauthorized for this client_id")
+	}
+
+	now := s.opts.Now()
+	switch grantType {
+	case "password":
+		username, password := params["username"], params["password"]
+		if username == "" || password == "" {
+			return fail("invalid_request", `Missing parameters. "username" and "password" required`)
+		}
+		stored, ok := s.users[username]
+		if !ok || stored != password {
+			return fail("invalid_grant", "Invalid username and password combination")
+		}
+		return s.issueLocked(clientID, username, now)
+	case "refresh_token":
+		tok := params["refresh_token"]
+		if tok == "" {
+			return fail("invalid_request", `No "refresh_token" parameter found`)
+		}
+		rt := s.refresh[tok]
+		if rt == nil || rt.consumed || rt.clientID != clientID {
+			return fail("invalid_grant", "Invalid refresh token")
+		}
+		if now.After(rt.expires) {
+			return fail("invalid_grant", "Refresh token has expired")
+		}
+		a := s.issueLocked(clientID, rt.username, now)
+		rt.consumed = true
+		return a
+	default:
+		return answer{http.StatusBadRequest, oauthError{Error: "unsupported_grant_type"}}
+	}
+}
+
+func (s *Server) issueLocked(clientID, username string, now time.Time) answer {
+	at, rt := newToken(), newToken()
+	s.access[at] = &accessToken{clientID, username, now.Add(s.opts.AccessTokenTTL)}
+	s.refresh[rt] = &refreshToken{clientID: clientID, username: username, expires: now.Add(s.opts.RefreshTokenTTL)}
+	s.accessIssued = append(s.accessIssued, at)
+	s.refreshIssued = append(s.refreshIssued, rt)
+	return answer{http.StatusOK, tokenSuccess{
+		AccessToken:  at,
+		ExpiresIn:    int64(s.opts.AccessTokenTTL / time.Second),
+		TokenType:    "bearer",
+		Scope:        "user",
+		RefreshToken: rt,
+	}}
+}
+
+// noteReplayLocked counts a refresh_token grant request that presents an
+// already consumed refresh token.
+func (s *Server) noteReplayLocked(params map[string]string) {
+	if params["grant_type"] != "refresh_token" {
+		return
+	}
+	if rt := s.refresh[params["refresh_token"]]; rt != nil && rt.consumed {
+		if rt.answerLost {
+			s.counters.ReplaysAfterLostAnswer++
+		} else {
+			s.counters.RefreshTokensUsedTwice++
+		}
+	}
+}
+
+// noteAnswerLost records that a successful refresh's answer is being dropped,
+// so that the client's retry with the consumed token is not counted as a
+// token used twice.
+func (s *Server) noteAnswerLost(params map[string]string, a answer) {
+	if params["grant_type"] != "refresh_token" || a.status != http.StatusOK {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rt := s.refresh[params["refresh_token"]]; rt != nil && rt.consumed {
+		rt.answerLost = true
+	}
+}
+
+func (s *Server) countLocked(grantType, outcome string) {
+	if grantType != "password" && grantType != "refresh_token" {
+		grantType = "other"
+	}
+	if s.counters.Grants[grantType] == nil {
+		s.counters.Grants[grantType] = map[string]int{}
+	}
+	s.counters.Grants[grantType][outcome]++
+}
+
+// notProcessed counts a request that a fault stopped before its grant ran.
+func (s *Server) notProcessed(params map[string]string, kind FaultKind) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noteReplayLocked(params)
+	s.countLocked(params["grant_type"], "fault_"+kind.String())
+}
+
+const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// newToken returns 86 crypto-random ASCII letters and digits.
+func newToken() string {
+	const n = 86
+	out := make([]byte, 0, n)
+	buf := make([]byte, 2*n)
+	for len(out) < n {
+		rand.Read(buf) // never fails (crypto/rand)
+		for _, b := range buf {
+			// 248 = 4*62: reject the top bytes so each letter is uniform.
+			if b < 248 && len(out) < n {
+				out = append(out, tokenAlphabet[b%62])
+			}
+		}
+	}
+	return string(out)
+}
+
+// ---- profile API ----
+
+// bearerHeader is the library's case-sensitive, unanchored match.
+var bearerHeader = regexp.MustCompile(`Bearer\s(\S+)`)
+
+func (s *Server) serveProfile(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	var tokens []string
+	if m := bearerHeader.FindStringSubmatch(r.Header.Get("Authorization")); m != nil {
+		tokens = append(tokens, m[1])
+	}
+	if tok := r.URL.Query().Get("access_token"); tok != "" {
+		tokens = append(tokens, tok)
+	}
+	switch len(tokens) {
+	case 0:
+		// FOSOAuthServerBundle's entry point, as recorded: no
+		// WWW-Authenticate, Symfony's default Cache-Control.
+		w.Header().Set("Cache-Control", "no-cache, private")
+		writeJSON(w, http.StatusUnauthorized, oauthError{"access_denied", ptr("OAuth2 authentication required")})
+		return
+	case 1:
+	default:
+		authenticateError(w, http.StatusBadRequest, "invalid_request",
+			"Only one method may be used to authenticate at a time (Auth header, GET or POST).")
+		return
+	}
+
+	s.mu.Lock()
+	at := s.access[tokens[0]]
+	now := s.opts.Now()
+	var id int
+	if at != nil {
+		id = s.userIDs[at.username]
+	}
+	s.mu.Unlock()
+	switch {
+	case at == nil:
+		authenticateError(w, http.StatusUnauthorized, "invalid_grant", "The access token provided is invalid.")
+	case now.After(at.expires):
+		authenticateError(w, http.StatusUnauthorized, "invalid_grant", "The access token provided has expired.")
+	default:
+		w.Header().Set("Cache-Control", "no-cache, private")
+		writeJSON(w, http.StatusOK, struct {
+			ID    int    `json:"id"`
+			Email string `json:"email"`
+		}{id, at.username})
+	}
+}
+
+// authenticateError writes the library's OAuth2AuthenticateException.
+func authenticateError(w http.ResponseWriter, status int, code, description string) {
+	h := w.Header()
+	h.Set("WWW-Authenticate", `Bearer realm="Service", error=`+strconv.Quote(code)+`, error_description=`+strconv.Quote(description))
+	h.Set("Cache-Control", "no-store, private")
+	h.Set("Pragma", "no-cache")
+	writeJSON(w, status, oauthError{code, &description})
+}
+
+// ---- helpers ----
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(body)
+}
+
+func writeHTML(w http.ResponseWriter, status int, body string) {
+	if body == "" {
+		text := strconv.Itoa(status) + " " + http.StatusText(status)
+		body = "<html><head><title>" + text + "</title></head><body><h1>" + text + "</h1></body></html>\n"
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write([]byte(body))
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
+
+func ptr(s string) *string { return &s }

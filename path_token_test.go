@@ -1,0 +1,154 @@
+package ermeosecrets
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
+)
+
+func TestCredsServesTheCachedTokenWithoutCallingErmeo(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	first := e.creds("app")
+	before := e.fake.Counters().Requests
+	for i := 0; i < 5; i++ {
+		e.clock.Advance(10 * time.Minute) // 7200s token, 600s min_ttl: still fresh
+		if e.creds("app").Data["access_token"] != first.Data["access_token"] {
+			t.Fatalf("read %d returned another token", i)
+		}
+	}
+	if after := e.fake.Counters().Requests; after != before {
+		t.Errorf("cached reads called Ermeo %d times", after-before)
+	}
+}
+
+func TestCredsResponseAndLease(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", map[string]any{"min_ttl": "15m"})
+	resp := e.creds("app")
+	if resp.Data["token_type"] != "Bearer" {
+		t.Errorf("token_type = %v", resp.Data["token_type"])
+	}
+	if resp.Data["expires_in"] != int64(7200) {
+		t.Errorf("expires_in = %v", resp.Data["expires_in"])
+	}
+	if resp.Data["expires_at"] != formatTime(e.clock.Now().Add(2*time.Hour)) {
+		t.Errorf("expires_at = %v", resp.Data["expires_at"])
+	}
+	s := resp.Secret
+	if s == nil || s.Renewable {
+		t.Fatalf("want a non-renewable lease, got %+v", s)
+	}
+	if s.TTL != 2*time.Hour-15*time.Minute {
+		t.Errorf("lease TTL %v: want the token's life less min_ttl", s.TTL)
+	}
+	if strings.Contains(strings.Join(fmtValues(s.InternalData), " "), e.stored("app").RefreshToken) {
+		t.Errorf("lease internal data carries the refresh token")
+	}
+	// Revoking the lease does nothing upstream and succeeds.
+	before := e.fake.Counters().Requests
+	_, err := e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.RevokeOperation, Secret: s, Storage: e.storage})
+	if err != nil {
+		t.Errorf("revoke: %v", err)
+	}
+	if e.fake.Counters().Requests != before {
+		t.Errorf("revoke called Ermeo")
+	}
+}
+
+func fmtValues(m map[string]any) []string {
+	var out []string
+	for _, v := range m {
+		if s, ok := v.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func TestLeaseTTL(t *testing.T) {
+	cases := []struct{ remaining, minTTL, want time.Duration }{
+		{2 * time.Hour, 10 * time.Minute, 110 * time.Minute},
+		{11 * time.Minute, 10 * time.Minute, time.Minute},
+		{5 * time.Minute, 10 * time.Minute, 150 * time.Second}, // shorter than min_ttl: half its life
+		{time.Second, 10 * time.Minute, time.Second},
+		{1500 * time.Millisecond, time.Second, time.Second},
+	}
+	for _, c := range cases {
+		got := leaseTTL(c.remaining, c.minTTL)
+		if got != c.want {
+			t.Errorf("leaseTTL(%v, %v) = %v, want %v", c.remaining, c.minTTL, got, c.want)
+		}
+		if got > c.remaining {
+			t.Errorf("leaseTTL(%v, %v) = %v outlives the token", c.remaining, c.minTTL, got)
+		}
+	}
+}
+
+func TestCredsRefreshesWhenLessThanMinTTLIsLeft(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	first := e.creds("app").Data["access_token"].(string)
+	e.clock.Advance(2*time.Hour - 9*time.Minute) // 9 minutes left < 10 minutes min_ttl
+	second := e.creds("app").Data["access_token"].(string)
+	if second == first || !e.fake.AccessTokenValid(second) {
+		t.Fatalf("want a new valid token")
+	}
+	a := e.stored("app")
+	if a.Generation != 2 || a.RotationIntent != nil || a.State != stateActive {
+		t.Errorf("after a refresh: generation %d intent %v state %s", a.Generation, a.RotationIntent, a.State)
+	}
+	if c := e.fake.Counters(); c.Grants["refresh_token"]["success"] != 1 {
+		t.Errorf("refreshes: %v", c.Grants)
+	}
+	e.assertNoTokenUsedTwice()
+}
+
+func TestCredsUnknownAccountIs404(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	resp, err := e.request(logical.ReadOperation, "creds/nobody", nil)
+	if err != nil || resp != nil {
+		t.Errorf("want nil, nil (a 404), got %v %v", resp, err)
+	}
+}
+
+func TestCredsOnAPerformanceStandbyForwardsBeforeCallingErmeo(t *testing.T) {
+	for _, state := range []struct {
+		name string
+		set  func(*logical.StaticSystemView)
+	}{
+		{"performance standby", func(s *logical.StaticSystemView) { s.ReplicationStateVal = consts.ReplicationPerformanceStandby }},
+		{"performance secondary", func(s *logical.StaticSystemView) { s.ReplicationStateVal = consts.ReplicationPerformanceSecondary }},
+	} {
+		t.Run(state.name, func(t *testing.T) {
+			e := newTestEnv(t, fakeermeo.Options{})
+			e.configure()
+			e.createAccount("app", nil)
+			state.set(e.system)
+			// A cached token is still served locally.
+			e.creds("app")
+			e.clock.Advance(2 * time.Hour)
+			before := e.fake.Counters().Requests
+			_, err := e.request(logical.ReadOperation, "creds/app", nil)
+			if err != logical.ErrReadOnly {
+				t.Fatalf("want ErrReadOnly, got %v", err)
+			}
+			_, err = e.request(logical.UpdateOperation, "accounts/app/rotate", nil)
+			if err != logical.ErrReadOnly {
+				t.Fatalf("rotate: want ErrReadOnly, got %v", err)
+			}
+			if e.fake.Counters().Requests != before {
+				t.Errorf("a standby called Ermeo")
+			}
+		})
+	}
+}
