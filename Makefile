@@ -8,7 +8,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo test unit vet fmt-check clean
+.PHONY: all build vault demo test unit e2e vet fmt-check clean
 
 all: build
 
@@ -33,13 +33,16 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
-# Every test: unit tests with the race detector, and the e2e tests, which start
-# a real vault server (obtained by scripts/vault-bin.sh) with the plugin.
-test: fmt-check vet
-	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 ./...
+# Every test: unit tests with the race detector, then the e2e tests, which
+# start a real vault server (obtained by scripts/vault-bin.sh) with the plugin
+# and print the Vault version and their figures (hence -v).
+test: fmt-check vet unit e2e
 
 unit:
 	go test -race -count=1 $$(go list ./... | grep -v /internal/e2e)
+
+e2e:
+	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -v ./internal/e2e/
 
 clean:
 	rm -rf bin .demo
