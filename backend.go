@@ -47,6 +47,13 @@ type backend struct {
 	// Guarded by unsavedMu, and only changed under the account's lock.
 	unsavedMu sync.Mutex
 	unsaved   map[string]*accountEntry
+
+	// schedule is when each account's idle chain is next due for rotation.
+	schedule *schedule
+
+	// crashHook, set only by tests, makes the refresh protocol stop dead at
+	// a step, as a crashed plugin process would.
+	crashHook func(crashPoint) bool
 }
 
 func newBackend(now func() time.Time, httpClient *http.Client) *backend {
@@ -55,6 +62,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		now:          now,
 		httpClient:   httpClient,
 		unsaved:      map[string]*accountEntry{},
+		schedule:     newSchedule(),
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -68,6 +76,9 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 			pathCreds(b),
 		),
 		Secrets:        []*framework.Secret{secretAccessToken(b)},
+		InitializeFunc: b.initialize,
+		Clean:          b.clean,
+		PeriodicFunc:   b.periodic,
 		RunningVersion: Version,
 	}
 	return b

@@ -338,7 +338,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
 			return nil, err
 		}
-		next, err := b.rotateLocked(ctx, req.Storage, cfg, req.MountPoint, name, a)
+		next, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
 		if err != nil {
 			var reauth *errNeedsReauth
 			if errors.As(err, &reauth) {
@@ -359,6 +359,8 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 			return nil, err
 		}
 	}
+
+	b.reschedule(name, a, cfg)
 
 	// Respond.
 	resp.Data = accountView(name, a, cfg)
@@ -394,6 +396,7 @@ func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d
 		return nil, err
 	}
 	b.forgetUnsaved(name)
+	b.unschedule(name)
 	return nil, nil
 }
 
@@ -424,7 +427,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	if err != nil || a == nil {
 		return nil, err
 	}
-	next, err := b.rotateLocked(ctx, req.Storage, cfg, req.MountPoint, name, a)
+	next, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
 	if err != nil {
 		var reauth *errNeedsReauth
 		if errors.As(err, &reauth) {

@@ -151,6 +151,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := saveConfig(ctx, req.Storage, c); err != nil {
 		return nil, err
 	}
+	b.rescheduleAll()
 	var resp *logical.Response
 	if !strings.Contains(c.ClientID, "_") {
 		resp = &logical.Response{}

@@ -138,7 +138,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	if cfg == nil {
 		return b.serveStale(a, cfg, fmt.Errorf("cannot refresh: config is not written: run vault write %sconfig client_id=... client_secret=...", mount))
 	}
-	next, err := b.rotateLocked(ctx, s, cfg, mount, name, a)
+	next, err := b.rotateLocked(ctx, rotation{storage: s, cfg: cfg, mount: mount, name: name}, a)
 	if err != nil {
 		if next == nil {
 			next = a

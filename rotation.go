@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -134,6 +135,68 @@ func (b *backend) startChain(a *accountEntry, tok *ermeo.Token) {
 	a.LastError = ""
 	a.State = stateActive
 	a.RotationIntent = nil
+	a.NextAttemptAt = time.Time{}
+}
+
+// rotation is one run of the refresh protocol for one account.
+type rotation struct {
+	storage logical.Storage
+	cfg     *configEntry
+	mount   string // for the commands named in errors, e.g. "ermeo/"
+	name    string
+	// force is an operator's rotate: it does not wait out the backoff that
+	// follows an unanswered refresh.
+	force bool
+}
+
+// crashPoint names a step of the protocol after which a test can make the
+// plugin "crash": return at once, with nothing more written or sent.
+type crashPoint int
+
+const (
+	crashAfterIntent   crashPoint = iota + 1 // the intent record is stored; nothing sent
+	crashAfterUpstream                       // Ermeo was called; its answer is dropped unread
+	crashAfterWrite                          // the new pair is stored; not yet handed out
+)
+
+var errSimulatedCrash = errors.New("simulated crash")
+
+func (b *backend) crashed(p crashPoint) bool {
+	return b.crashHook != nil && b.crashHook(p)
+}
+
+// errBackoff is the error of a refresh that waits after an unanswered one.
+type errBackoff struct {
+	until time.Time
+	last  string
+}
+
+func (e *errBackoff) Error() string {
+	return fmt.Sprintf("Ermeo did not answer the last refresh (%s); the stored refresh token may be spent, and the next attempt waits until %s",
+		e.last, formatTime(e.until))
+}
+
+// Backoff after a refresh that got no answer: 5s, 10s, 20s, ... up to 10
+// minutes, or the server's Retry-After if that is longer (up to an hour).
+const (
+	backoffBase          = 5 * time.Second
+	backoffMax           = 10 * time.Minute
+	retryAfterMax        = time.Hour
+	passwordGrantBackoff = time.Minute
+)
+
+func backoffFor(attempts int, retryAfter time.Duration) time.Duration {
+	d := backoffBase
+	for i := 1; i < attempts && d < backoffMax; i++ {
+		d *= 2
+	}
+	if d > backoffMax {
+		d = backoffMax
+	}
+	if retryAfter > d {
+		d = min(retryAfter, retryAfterMax)
+	}
+	return d
 }
 
 // rotateLocked spends the account's current refresh token for a new pair,
@@ -141,26 +204,35 @@ func (b *backend) startChain(a *accountEntry, tok *ermeo.Token) {
 // freshly read a; returns the account's new state. On error, the returned
 // entry (if not nil) is the account's state after the attempt, whose access
 // token may still be served while it lasts.
-func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, cfg *configEntry, mount, name string, a *accountEntry) (*accountEntry, error) {
+func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry) (result *accountEntry, err error) {
 	if !b.WriteSafeReplicationState() {
 		// A performance standby or secondary: let Vault forward the request
 		// to the node that may write, before anything is sent to Ermeo.
 		return nil, logical.ErrReadOnly
 	}
+	defer func() {
+		if result != nil && !errors.Is(err, errSimulatedCrash) {
+			b.reschedule(r.name, result, r.cfg)
+		}
+	}()
 	// Uncancellable from here: every storage write and the upstream call.
 	ctx = context.WithoutCancel(ctx)
+	s, name := r.storage, r.name
 	if err := b.flushUnsavedLocked(ctx, s, name); err != nil {
 		return a, fmt.Errorf("a refreshed token pair is still waiting to be stored; not refreshing again until it is: %w", err)
 	}
-	client, err := b.client(cfg)
+	client, err := b.client(r.cfg)
 	if err != nil {
 		return a, err
 	}
 	if a.State == stateNeedsReauth && !a.PasswordKept {
-		return a, &errNeedsReauth{mount: mount, name: name, reason: a.LastError}
+		return a, &errNeedsReauth{mount: r.mount, name: name, reason: a.LastError}
+	}
+	if !r.force && b.now().Before(a.NextAttemptAt) {
+		return a, logical.CodedError(http.StatusBadGateway, (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
 	}
 	if a.State == stateNeedsReauth || a.RefreshToken == "" {
-		return b.rebootstrapLocked(ctx, s, cfg, client, mount, name, a, "the account has no usable refresh chain")
+		return b.rebootstrapLocked(ctx, r, client, a, "the account has no usable refresh chain")
 	}
 
 	// 2. The intent record, before anything is sent.
@@ -171,14 +243,21 @@ func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, cfg *conf
 	}
 	intent.Attempts++
 	next.RotationIntent = &intent
+	next.NextAttemptAt = time.Time{}
 	if err := saveAccount(ctx, s, name, &next); err != nil {
 		return a, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err)
 	}
+	if b.crashed(crashAfterIntent) {
+		return nil, errSimulatedCrash
+	}
 
 	// 3. The refresh, detached from the caller.
-	rctx, cancel := upstreamContext(ctx, cfg)
+	rctx, cancel := upstreamContext(ctx, r.cfg)
 	tok, err := client.RefreshGrant(rctx, a.RefreshToken)
 	cancel()
+	if b.crashed(crashAfterUpstream) {
+		return nil, errSimulatedCrash
+	}
 
 	// 4. The outcome.
 	var rejected *ermeo.RejectedError
@@ -188,18 +267,22 @@ func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, cfg *conf
 		if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
 			return &next, err
 		}
+		if b.crashed(crashAfterWrite) {
+			return nil, errSimulatedCrash
+		}
 		b.Logger().Info("rotated refresh chain", "account", name, "generation", next.Generation)
 		return &next, nil
 
 	case errors.As(err, &rejected) && rejected.ChainGone():
+		lostToNetwork := intent.Attempts > 1
 		reason := fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected.Error())
-		if intent.Attempts > 1 {
+		if lostToNetwork {
 			reason = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected.Error())
 		}
-		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", intent.Attempts > 1)
+		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", lostToNetwork)
 		next.RefreshToken = ""
 		next.RotationIntent = nil
-		return b.rebootstrapLocked(ctx, s, cfg, client, mount, name, &next, reason)
+		return b.rebootstrapLocked(ctx, r, client, &next, reason)
 
 	case errors.As(err, &rejected):
 		// invalid_client, unauthorized_client, invalid_request: the server
@@ -209,24 +292,32 @@ func (b *backend) rotateLocked(ctx context.Context, s logical.Storage, cfg *conf
 		if serr := saveAccount(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
 		}
-		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo rejected the refresh request: "+rejected.Error()+"; check ermeo/config")
+		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo rejected the refresh request: "+rejected.Error()+"; check "+r.mount+"config")
 
 	default:
 		// Outcome unknown: the refresh token may have been spent. Keep the
-		// intent record; the next refresh finds out.
+		// intent record and wait before the next attempt, which finds out.
+		var unknown *ermeo.UnknownOutcomeError
+		retryAfter := time.Duration(0)
+		if errors.As(err, &unknown) {
+			retryAfter = unknown.RetryAfter
+		}
+		next.NextAttemptAt = b.now().Add(backoffFor(intent.Attempts, retryAfter))
 		next.LastError = "refresh outcome unknown: " + err.Error()
 		if serr := saveAccount(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
 		}
-		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation, "error", err)
-		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo did not answer the refresh ("+err.Error()+"); the account keeps its current access token while it lasts, and the next read retries")
+		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation,
+			"attempts", intent.Attempts, "next_attempt_at", next.NextAttemptAt, "error", err)
+		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo did not answer the refresh ("+err.Error()+"); the stored refresh token may be spent; the next attempt, from "+formatTime(next.NextAttemptAt)+", finds out")
 	}
 }
 
 // rebootstrapLocked starts a new chain with the kept password, if the
 // operator allowed one to be kept; otherwise it marks the account
 // needs_reauth. Called with the account's lock held.
-func (b *backend) rebootstrapLocked(ctx context.Context, s logical.Storage, cfg *configEntry, client *ermeo.Client, mount, name string, a *accountEntry, reason string) (*accountEntry, error) {
+func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *ermeo.Client, a *accountEntry, reason string) (*accountEntry, error) {
+	s, name := r.storage, r.name
 	next := *a
 	password := ""
 	if a.PasswordKept {
@@ -236,7 +327,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, s logical.Storage, cfg 
 		}
 	}
 	if password != "" {
-		pctx, cancel := upstreamContext(ctx, cfg)
+		pctx, cancel := upstreamContext(ctx, r.cfg)
 		tok, err := client.PasswordGrant(pctx, a.Username, password)
 		cancel()
 		if err == nil {
@@ -248,6 +339,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, s logical.Storage, cfg 
 			return &next, nil
 		}
 		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
+			next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
 			next.LastError = reason + "; the password grant with the kept password got no answer: " + err.Error()
 			if serr := saveAccount(ctx, s, name, &next); serr != nil {
 				return &next, serr
@@ -263,5 +355,5 @@ func (b *backend) rebootstrapLocked(ctx context.Context, s logical.Storage, cfg 
 	if err := saveAccount(ctx, s, name, &next); err != nil {
 		return &next, err
 	}
-	return &next, &errNeedsReauth{mount: mount, name: name, reason: reason}
+	return &next, &errNeedsReauth{mount: r.mount, name: name, reason: reason}
 }

@@ -220,7 +220,20 @@ func TestUnknownOutcomeKeepsTheIntentAndServesTheCurrentToken(t *testing.T) {
 			if a.RotationIntent == nil || a.LastError == "" {
 				t.Fatalf("after an unknown outcome the intent must stay: %+v", a)
 			}
-			// The next read retries with the stored token and finds out.
+			if !strings.Contains(e.stored("app").LastError, "outcome unknown") || e.stored("app").NextAttemptAt.IsZero() {
+				t.Fatalf("want a backoff after an unknown outcome: %+v", e.stored("app"))
+			}
+			// During the backoff, reads serve the current token and leave Ermeo alone.
+			before := e.fake.Counters().Requests
+			if resp := e.creds("app"); resp.Data["access_token"] != first || !strings.Contains(resp.Warnings[0], "next attempt waits until") {
+				t.Fatalf("during the backoff: %v", resp)
+			}
+			if e.fake.Counters().Requests != before {
+				t.Fatalf("a read during the backoff called Ermeo")
+			}
+			// After it (30s covers the 5s backoff and the 429's Retry-After),
+			// the next read retries with the stored token and finds out.
+			e.clock.Advance(31 * time.Second)
 			resp, err := e.request(logical.ReadOperation, "creds/app", nil)
 			if err != nil {
 				t.Fatal(err)

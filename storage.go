@@ -72,6 +72,9 @@ type accountEntry struct {
 	MinTTL               time.Duration   `json:"min_ttl,omitempty"`
 	RotationPeriod       time.Duration   `json:"rotation_period,omitempty"`
 	RotationIntent       *rotationIntent `json:"rotation_intent,omitempty"`
+	// NextAttemptAt is set when a grant got no answer: refreshes wait until
+	// then (backoff, or the server's Retry-After), unless an operator forces one.
+	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
 }
 
 // passwordEntry is an account's password, kept only when the operator opted in.
