@@ -2,6 +2,7 @@ package ermeosecrets
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -54,6 +55,7 @@ type testEnv struct {
 	clock   *testClock
 	fake    *fakeermeo.Server
 	url     string
+	http    *http.Client
 }
 
 func newTestEnv(t *testing.T, opts fakeermeo.Options) *testEnv {
@@ -76,7 +78,23 @@ func newTestEnv(t *testing.T, opts fakeermeo.Options) *testEnv {
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{t: t, b: b, storage: storage, system: system, clock: clock, fake: fake, url: srv.URL}
+	return &testEnv{t: t, b: b, storage: storage, system: system, clock: clock, fake: fake, url: srv.URL, http: srv.Client()}
+}
+
+// restart replaces the backend with a new one on the same storage, as when
+// Vault starts a new plugin process after a crash: everything the old one
+// held in memory is gone.
+func (e *testEnv) restart() *backend {
+	e.t.Helper()
+	conf := logical.TestBackendConfig()
+	conf.System = e.system
+	conf.StorageView = e.storage
+	b := newBackend(e.clock.Now, e.http)
+	if err := b.Setup(context.Background(), conf); err != nil {
+		e.t.Fatal(err)
+	}
+	e.b = b
+	return b
 }
 
 func (e *testEnv) request(op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
