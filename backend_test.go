@@ -51,11 +51,13 @@ type testEnv struct {
 	t       *testing.T
 	b       *backend
 	storage *logical.InmemStorage
-	system  *logical.StaticSystemView
-	clock   *testClock
-	fake    *fakeermeo.Server
-	url     string
-	http    *http.Client
+	// view is what requests see: storage itself, or a wrapper of it.
+	view   logical.Storage
+	system *logical.StaticSystemView
+	clock  *testClock
+	fake   *fakeermeo.Server
+	url    string
+	http   *http.Client
 }
 
 func newTestEnv(t *testing.T, opts fakeermeo.Options) *testEnv {
@@ -78,8 +80,11 @@ func newTestEnv(t *testing.T, opts fakeermeo.Options) *testEnv {
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{t: t, b: b, storage: storage, system: system, clock: clock, fake: fake, url: srv.URL, http: srv.Client()}
+	return &testEnv{t: t, b: b, storage: storage, view: storage, system: system, clock: clock, fake: fake, url: srv.URL, http: srv.Client()}
 }
+
+// useStorage makes requests go through a wrapper of the env's storage.
+func (e *testEnv) useStorage(s logical.Storage) { e.view = s }
 
 // restart replaces the backend with a new one on the same storage, as when
 // Vault starts a new plugin process after a crash: everything the old one
@@ -88,7 +93,7 @@ func (e *testEnv) restart() *backend {
 	e.t.Helper()
 	conf := logical.TestBackendConfig()
 	conf.System = e.system
-	conf.StorageView = e.storage
+	conf.StorageView = e.view
 	b := newBackend(e.clock.Now, e.http)
 	if err := b.Setup(context.Background(), conf); err != nil {
 		e.t.Fatal(err)
@@ -106,7 +111,7 @@ func (e *testEnv) requestCtx(ctx context.Context, op logical.Operation, path str
 		Operation:  op,
 		Path:       path,
 		Data:       data,
-		Storage:    e.storage,
+		Storage:    e.view,
 		MountPoint: testMount,
 	}
 	if op == logical.UpdateOperation || op == logical.CreateOperation {

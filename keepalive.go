@@ -152,6 +152,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	b.flushUnsaved(ctx, req.Storage)
 	if err := b.loadSchedule(ctx, req.Storage); err != nil {
 		return err
 	}

@@ -112,6 +112,9 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if b.hasUnsaved(name) {
+		b.flushUnsaved(ctx, s, name)
+	}
 	a, err := b.loadCurrentAccount(ctx, s, name)
 	if err != nil || a == nil {
 		return nil, cfg, nil, err

@@ -100,6 +100,33 @@ func (b *backend) flushUnsavedLocked(ctx context.Context, s logical.Storage, nam
 	return b.storeAccountLocked(ctx, s, name, pending, false)
 }
 
+// flushUnsaved tries to write the refreshed pairs held in memory: called by
+// readers of such an account and by every periodic tick, so that a pair
+// waits in memory, where a crash would lose it, no longer than it must.
+func (b *backend) flushUnsaved(ctx context.Context, s logical.Storage, names ...string) {
+	if len(names) == 0 {
+		b.unsavedMu.Lock()
+		for name := range b.unsaved {
+			names = append(names, name)
+		}
+		b.unsavedMu.Unlock()
+	}
+	for _, name := range names {
+		lock := b.accountLock(name)
+		lock.Lock()
+		if err := b.flushUnsavedLocked(context.WithoutCancel(ctx), s, name); err != nil {
+			b.Logger().Error("a refreshed token pair is still only in memory; storage refuses it", "account", name, "error", err)
+		}
+		lock.Unlock()
+	}
+}
+
+func (b *backend) hasUnsaved(name string) bool {
+	b.unsavedMu.Lock()
+	defer b.unsavedMu.Unlock()
+	return b.unsaved[name] != nil
+}
+
 func (b *backend) forgetUnsaved(name string) {
 	b.unsavedMu.Lock()
 	delete(b.unsaved, name)

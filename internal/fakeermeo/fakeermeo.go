@@ -338,6 +338,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	s.counters.Requests++
+	// A replay is judged when the request arrives: one sent before its
+	// token was consumed is not a replay, however long a fault delays it.
+	s.noteReplayLocked(params)
 	var f *Fault
 	if r.Method == http.MethodPost {
 		f = s.takeFaultLocked(params["grant_type"])
@@ -447,7 +450,6 @@ func (s *Server) readParams(r *http.Request) map[string]string {
 func (s *Server) grant(params map[string]string, basicUser, basicPass string) answer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.noteReplayLocked(params)
 	grantType := params["grant_type"]
 	a := s.checkAndIssueLocked(grantType, params, basicUser, basicPass)
 	outcome := "success"
@@ -566,7 +568,6 @@ func (s *Server) countLocked(grantType, outcome string) {
 func (s *Server) notProcessed(params map[string]string, kind FaultKind) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.noteReplayLocked(params)
 	s.countLocked(params["grant_type"], "fault_"+kind.String())
 }
 
