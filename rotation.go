@@ -309,6 +309,12 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", lostToNetwork)
 		next.RefreshToken = ""
 		next.RotationIntent = nil
+		next.LastError = reason
+		// Record that the token is dead before anything else, so that no
+		// later process sends it again.
+		if serr := saveAccount(ctx, s, name, &next); serr != nil {
+			b.Logger().Error("could not record that the chain is gone", "account", name, "error", serr)
+		}
 		return b.rebootstrapLocked(ctx, r, client, &next, reason)
 
 	case errors.As(err, &rejected):

@@ -125,6 +125,13 @@ type Counters struct {
 	// client could not know the token was spent, and a retry is how it
 	// finds out.
 	ReplaysAfterLostAnswer int `json:"replays_after_lost_answer"`
+	// DistinctTokensReplayed counts the consumed refresh tokens that were
+	// presented again at least once: for a client, each is a chain it found
+	// gone.
+	DistinctTokensReplayed int `json:"distinct_tokens_replayed"`
+	// AnswersDropped counts successful refreshes whose answer the fake
+	// dropped: each one spent a refresh token the client never heard about.
+	AnswersDropped int `json:"answers_dropped"`
 	// LiveRefreshTokens is how many refresh tokens are issued, not
 	// consumed, and not expired at Now().
 	LiveRefreshTokens int `json:"live_refresh_tokens"`
@@ -140,6 +147,8 @@ type refreshToken struct {
 	// answerLost: the refresh that consumed this token never delivered
 	// its answer.
 	answerLost bool
+	// replayed: presented again after it was consumed.
+	replayed bool
 }
 
 type accessToken struct {
@@ -532,6 +541,10 @@ func (s *Server) noteReplayLocked(params map[string]string) {
 		return
 	}
 	if rt := s.refresh[params["refresh_token"]]; rt != nil && rt.consumed {
+		if !rt.replayed {
+			rt.replayed = true
+			s.counters.DistinctTokensReplayed++
+		}
 		if rt.answerLost {
 			s.counters.ReplaysAfterLostAnswer++
 		} else {
@@ -549,8 +562,9 @@ func (s *Server) noteAnswerLost(params map[string]string, a answer) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rt := s.refresh[params["refresh_token"]]; rt != nil && rt.consumed {
+	if rt := s.refresh[params["refresh_token"]]; rt != nil && rt.consumed && !rt.answerLost {
 		rt.answerLost = true
+		s.counters.AnswersDropped++
 	}
 }
 

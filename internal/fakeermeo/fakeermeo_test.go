@@ -563,6 +563,7 @@ func TestCountersEndpoint(t *testing.T) {
 			"other":         {"invalid_request": 1},
 		},
 		RefreshTokensUsedTwice: 1,
+		DistinctTokensReplayed: 1,
 		LiveRefreshTokens:      1,
 		Requests:               4,
 	}
@@ -698,7 +699,7 @@ func TestFaultLostAfterCommit(t *testing.T) {
 		t.Fatal("the grant was not committed")
 	}
 	c := f.s.Counters()
-	if c.LiveRefreshTokens != 1 || c.Grants["refresh_token"]["success"] != 1 {
+	if c.LiveRefreshTokens != 1 || c.Grants["refresh_token"]["success"] != 1 || c.AnswersDropped != 1 {
 		t.Fatalf("counters %+v", c)
 	}
 	// A client retrying with the old token learns that the chain is lost.
