@@ -2,13 +2,16 @@
 #   make demo   a real Vault with the plugin, the fake Ermeo, and `vault read ermeo/creds/app`
 #   make test   go vet, unit tests with -race, and end-to-end tests against a real Vault
 
+SHELL         := /bin/bash
+.SHELLFLAGS   := -o pipefail -c
+
 VERSION  ?= v0.1.0
 PLUGIN   := vault-plugin-secrets-ermeo
 MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo test unit e2e vet fmt-check clean
+.PHONY: all build vault demo test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
 
 all: build
 
@@ -36,13 +39,40 @@ fmt-check:
 # Every test: unit tests with the race detector, then the e2e tests, which
 # start a real vault server (obtained by scripts/vault-bin.sh) with the plugin
 # and print the Vault version and their figures (hence -v).
-test: fmt-check vet unit e2e
+test: fmt-check vet unit chaos-short fuzz-smoke e2e
 
 unit:
 	go test -race -count=1 $$(go list ./... | grep -v /internal/e2e)
 
 e2e:
 	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -v ./internal/e2e/
+
+# The chaos campaign (randomized schedules of faults, crashes and restarts)
+# with its table. `make test` runs 500 schedules; `make chaos` runs 5000.
+CHAOS_SCHEDULES ?= 5000
+chaos:
+	ERMEO_CHAOS_SCHEDULES=$(CHAOS_SCHEDULES) go test -race -count=1 -run '^TestChaosCampaign$$' -v . | grep -v '^20[0-9][0-9]-' | grep -v '^    --- PASS\|^=== RUN\|^    .*: read [0-9]'
+
+chaos-short:
+	@$(MAKE) --no-print-directory chaos CHAOS_SCHEDULES=500
+
+FUZZ_TARGETS   := FuzzTokenResponse FuzzErrorResponse
+FUZZSECS       ?= 300
+SMOKE_FUZZSECS ?= 10
+
+# Long fuzzing of the Ermeo response parsers; prints each target's execs/sec.
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== $$t for $(FUZZSECS)s"; \
+	  go test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZSECS)s ./internal/ermeo/ >.fuzz-$$t.log 2>&1; st=$$?; \
+	  grep -v '^fuzz: elapsed' .fuzz-$$t.log; \
+	  awk -v t=$$t -v s=$(FUZZSECS) '/^fuzz: elapsed/ {n=$$5} END {printf "%s: %d execs in %ds, %.0f execs/sec\n", t, n, s, n/s}' .fuzz-$$t.log; \
+	  rm -f .fuzz-$$t.log; [ $$st -eq 0 ] || exit $$st; \
+	done
+
+# Part of `make test`: each fuzz target, seeds first, for a few seconds.
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZSECS=$(SMOKE_FUZZSECS)
 
 clean:
 	rm -rf bin .demo

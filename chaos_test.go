@@ -154,7 +154,6 @@ func TestChaosCampaign(t *testing.T) {
 		total.crashes, total.restarts, total.refreshes, total.answersDropped, total.lostByPlugin, total.lostInFlight,
 		total.pairsLostInMemory, total.rebootstrapped, total.needsReauth, total.reauthByOps)
 	fmt.Print(table)
-	t.Log("\n" + table)
 	if total.lostByPlugin != 0 {
 		t.Fatalf("the plugin lost %d chains by itself", total.lostByPlugin)
 	}

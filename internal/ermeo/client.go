@@ -176,7 +176,7 @@ func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		err := rejection(resp, respBody)
+		err := rejection(resp, respBody, r.RefreshToken, r.Password, r.ClientSecret)
 		if re, ok := err.(*RejectedError); ok {
 			re.Hint = c.hint(re)
 		}
@@ -212,7 +212,7 @@ func (c *Client) Profile(ctx context.Context, accessToken string) (map[string]an
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, rejection(resp, body)
+		return nil, rejection(resp, body, accessToken)
 	}
 	var profile map[string]any
 	if reason := decodeObject(body, &profile); reason != "" {

@@ -137,7 +137,11 @@ func transportError(ctx context.Context, status int, err error) *UnknownOutcomeE
 
 // rejection classifies a readable non-200 answer (a 4xx other than 429): a
 // *RejectedError if the body is an OAuth error, else an *UnknownOutcomeError.
-func rejection(resp *http.Response, body []byte) error {
+//
+// The server's text is shown to operators, so any secret the request carried,
+// and any token the body itself holds, is redacted from it first: a server or
+// proxy that echoes a token must not put it into an error.
+func rejection(resp *http.Response, body []byte, secrets ...string) error {
 	var fields map[string]json.RawMessage
 	_ = json.Unmarshal(body, &fields)
 	code, ok := optString(fields, "error")
@@ -145,6 +149,17 @@ func rejection(resp *http.Response, body []byte) error {
 		return unknownFrom(resp, fmt.Sprintf("HTTP %d", resp.StatusCode))
 	}
 	desc, _ := optString(fields, "error_description") // not a string: treated as absent
+	for _, k := range []string{"access_token", "refresh_token"} {
+		if v, ok := optString(fields, k); ok {
+			secrets = append(secrets, v)
+		}
+	}
+	for _, secret := range secrets {
+		if secret != "" {
+			code = strings.ReplaceAll(code, secret, "<redacted>")
+			desc = strings.ReplaceAll(desc, secret, "<redacted>")
+		}
+	}
 	return &RejectedError{
 		StatusCode:  resp.StatusCode,
 		Code:        clean(code),
