@@ -300,7 +300,9 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 			case err == nil && !resp.IsError() && len(resp.Warnings) == 0:
 				settled = true
 			case err == nil && resp.IsError() && strings.Contains(resp.Error().Error(), "password="):
-				settled = true
+				settled = true // needs_reauth, its last token expired
+			case err == nil && !resp.IsError() && strings.Contains(strings.Join(resp.Warnings, " "), "password="):
+				settled = true // needs_reauth, serving its last token with the command
 			}
 		}
 		if !settled {

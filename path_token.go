@@ -120,7 +120,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return nil, cfg, nil, err
 	}
 	if b.hasLife(a, effectiveMinTTL(a, cfg)) {
-		return a, cfg, nil, nil
+		return a, cfg, b.stateWarnings(a, mount, name), nil
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, cfg, nil, logical.ErrReadOnly
@@ -136,7 +136,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return nil, cfg, nil, err
 	}
 	if b.hasLife(a, effectiveMinTTL(a, cfg)) {
-		return a, cfg, nil, nil
+		return a, cfg, b.stateWarnings(a, mount, name), nil
 	}
 	if cfg == nil {
 		return b.serveStale(a, cfg, fmt.Errorf("cannot refresh: config is not written: run vault write %sconfig client_id=... client_secret=...", mount))
@@ -159,6 +159,17 @@ func (b *backend) serveStale(a *accountEntry, cfg *configEntry, err error) (*acc
 	}
 	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
 	return a, cfg, []string{fmt.Sprintf("serving the last access token, valid for %s more, because the refresh failed: %s", left, err)}, nil
+}
+
+// stateWarnings warns the reader of a token that is still good of an account
+// whose chain is gone: the token will not be replaced without an operator.
+func (b *backend) stateWarnings(a *accountEntry, mount, name string) []string {
+	if a.State != stateNeedsReauth {
+		return nil
+	}
+	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
+	return []string{fmt.Sprintf("this access token is valid for %s more and will not be replaced: %s", left,
+		(&errNeedsReauth{mount: mount, name: name, reason: a.LastError}).Error())}
 }
 
 // hasLife reports whether a's access token has at least min of life left.
