@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -51,6 +52,12 @@ type backend struct {
 	// schedule is when each account's idle chain is next due for rotation.
 	schedule *schedule
 
+	// accounts and config cache what storage holds, so that a read of a
+	// token with enough life left makes no storage call. Written through by
+	// every write; dropped by Invalidate when another node changes a key.
+	accounts sync.Map // name -> *accountEntry (never mutated once stored)
+	config   atomic.Pointer[cachedConfig]
+
 	// crashHook, set only by tests, makes the refresh protocol stop dead at
 	// a step, as a crashed plugin process would.
 	crashHook func(crashPoint) bool
@@ -79,6 +86,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		InitializeFunc: b.initialize,
 		Clean:          b.clean,
 		PeriodicFunc:   b.periodic,
+		Invalidate:     b.invalidate,
 		RunningVersion: Version,
 	}
 	return b
@@ -87,6 +95,100 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 // accountLock returns the lock that serializes everything done to one account.
 func (b *backend) accountLock(name string) *locksutil.LockEntry {
 	return locksutil.LockForKey(b.accountLocks, name)
+}
+
+// cachedConfig is the config as storage holds it; cfg is nil when there is none.
+type cachedConfig struct{ cfg *configEntry }
+
+// loadConfigCached returns the config, from memory when it is there.
+func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*configEntry, error) {
+	if c := b.config.Load(); c != nil {
+		return c.cfg, nil
+	}
+	cfg, err := loadConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	b.config.CompareAndSwap(nil, &cachedConfig{cfg: cfg})
+	return cfg, nil
+}
+
+// cacheConfig records what was just written to storage.
+func (b *backend) cacheConfig(cfg *configEntry) { b.config.Store(&cachedConfig{cfg: cfg}) }
+
+// loadAccountCached returns the newest known state of an account without
+// taking its lock: a refreshed pair waiting to be stored, or the cached entry,
+// or storage. For reads that hand out a token with enough life left; anything
+// that may spend a refresh token re-reads with loadAccountLocked.
+func (b *backend) loadAccountCached(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
+	if a := b.unsavedAccount(name); a != nil {
+		return a, nil
+	}
+	if v, ok := b.accounts.Load(name); ok {
+		c := *v.(*accountEntry)
+		return &c, nil
+	}
+	a, err := loadAccount(ctx, s, name)
+	if err != nil || a == nil {
+		return a, err
+	}
+	c := *a
+	// A writer's entry, stored meanwhile, is newer than this read: keep it.
+	b.accounts.LoadOrStore(name, &c)
+	return a, nil
+}
+
+// loadAccountLocked re-reads an account from storage (or a refreshed pair
+// waiting to be stored), never from the cache: a token whose successor is
+// already stored is never sent again. Called with the account's lock held.
+func (b *backend) loadAccountLocked(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
+	if a := b.unsavedAccount(name); a != nil {
+		return a, nil
+	}
+	a, err := loadAccount(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if a == nil {
+		b.accounts.Delete(name)
+		return nil, nil
+	}
+	c := *a
+	b.accounts.Store(name, &c)
+	return a, nil
+}
+
+// saveAccountLocked writes an account to storage, then to the cache. Called
+// with the account's lock held.
+func (b *backend) saveAccountLocked(ctx context.Context, s logical.Storage, name string, a *accountEntry) error {
+	if err := saveAccount(ctx, s, name, a); err != nil {
+		return err
+	}
+	c := *a
+	b.accounts.Store(name, &c)
+	return nil
+}
+
+// deleteAccountLocked forgets an account everywhere. Called with its lock held.
+func (b *backend) deleteAccountLocked(ctx context.Context, s logical.Storage, name string) error {
+	if err := deleteAccount(ctx, s, name); err != nil {
+		return err
+	}
+	b.accounts.Delete(name)
+	b.forgetUnsaved(name)
+	b.unschedule(name)
+	return nil
+}
+
+// invalidate drops what another node changed (performance standbys and
+// secondaries get the active node's writes this way).
+func (b *backend) invalidate(_ context.Context, key string) {
+	switch {
+	case key == configKey:
+		b.config.Store(nil)
+	case strings.HasPrefix(key, accountPrefix):
+		b.accounts.Delete(strings.TrimPrefix(key, accountPrefix))
+	}
 }
 
 const backendHelp = `

@@ -188,3 +188,64 @@ func TestBackendReportsVersion(t *testing.T) {
 		t.Errorf("running version %q, want %q", v, Version)
 	}
 }
+
+func TestCachedReadMakesNoStorageCall(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	counting := &countingStorage{Storage: e.storage}
+	e.useStorage(counting)
+	e.creds("app")
+	counting.gets.Store(0)
+	for i := 0; i < 100; i++ {
+		e.creds("app")
+	}
+	if g := counting.gets.Load(); g != 0 {
+		t.Errorf("100 cached reads made %d storage reads, want 0", g)
+	}
+}
+
+func TestInvalidateDropsWhatAnotherNodeChanged(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	first := e.creds("app").Data["access_token"]
+	// Another node rotates the chain and writes storage directly.
+	other := e.stored("app")
+	other.AccessToken, other.Generation = "written-by-another-node", other.Generation+1
+	if err := saveAccount(t.Context(), e.storage, "app", other); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.creds("app").Data["access_token"]; got != first {
+		t.Fatalf("without an invalidation the cache answers: got %v", got)
+	}
+	e.b.Invalidate(t.Context(), accountKey("app"))
+	if got := e.creds("app").Data["access_token"]; got != "written-by-another-node" {
+		t.Errorf("after Invalidate: %v", got)
+	}
+	// Config too.
+	cfg, _ := loadConfig(t.Context(), e.storage)
+	cfg.DefaultMinTTL = 42 * time.Second
+	_ = saveConfig(t.Context(), e.storage, cfg)
+	e.b.Invalidate(t.Context(), configKey)
+	if got := e.must(logical.ReadOperation, "config", nil).Data["default_min_ttl"]; got != int64(42) {
+		t.Errorf("config after Invalidate: %v", got)
+	}
+}
+
+func TestAStaleCacheNeverSendsASpentToken(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	e.creds("app")
+	stale := e.stored("app") // generation 1, its refresh token about to be spent
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	// The cache is made stale on purpose, as a missed invalidation would.
+	e.b.accounts.Store("app", stale)
+	e.clock.Advance(2 * time.Hour)
+	resp := e.creds("app")
+	if len(resp.Warnings) != 0 || !e.fake.AccessTokenValid(resp.Data["access_token"].(string)) {
+		t.Fatalf("read after a stale cache: %v", resp)
+	}
+	e.assertNoTokenUsedTwice()
+}

@@ -278,7 +278,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 
 		// Invariant: an active account with no intent record holds a live chain.
 		for _, n := range names {
-			a, err := e.b.loadCurrentAccount(context.Background(), e.storage, n)
+			a, err := e.b.loadAccountLocked(context.Background(), e.storage, n)
 			if err != nil || a == nil {
 				t.Fatalf("step %d: account %s: %v", step, n, err)
 			}

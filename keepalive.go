@@ -105,7 +105,7 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 	if b.schedule.loaded {
 		return nil
 	}
-	cfg, err := loadConfig(ctx, s)
+	cfg, err := b.loadConfigCached(ctx, s)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 		}
 		lock := b.accountLock(name)
 		lock.RLock()
-		a, err := b.loadCurrentAccount(ctx, s, name)
+		a, err := b.loadAccountLocked(ctx, s, name)
 		if err == nil && a != nil {
 			b.reschedule(name, a, cfg)
 			if a.RotationIntent != nil {
@@ -156,7 +156,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if err := b.loadSchedule(ctx, req.Storage); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(ctx, req.Storage)
+	cfg, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil || cfg == nil {
 		return err
 	}
@@ -183,7 +183,7 @@ func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *conf
 	lock := b.accountLock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	a, err := b.loadAccountLocked(ctx, req.Storage, name)
 	if err != nil {
 		b.Logger().Error("keep-alive could not read the account", "account", name, "error", err)
 		// Try again at the next tick.

@@ -160,7 +160,7 @@ func (b *backend) pathAccountExists(ctx context.Context, req *logical.Request, d
 	if validateAccountName(name) != nil {
 		return false, nil
 	}
-	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	a, err := b.loadAccountCached(ctx, req.Storage, name)
 	return a != nil, err
 }
 
@@ -169,11 +169,11 @@ func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *
 	if err := validateAccountName(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	a, err := b.loadAccountCached(ctx, req.Storage, name)
 	if err != nil || a == nil {
 		return nil, err
 	}
-	cfg, err := loadConfig(ctx, req.Storage)
+	cfg, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +243,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := loadConfig(ctx, req.Storage)
+	cfg, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +256,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	defer lock.Unlock()
 
 	// Read.
-	old, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	old, err := b.loadAccountLocked(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -392,12 +392,7 @@ func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d
 	lock := b.accountLock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	if err := deleteAccount(ctx, req.Storage, name); err != nil {
-		return nil, err
-	}
-	b.forgetUnsaved(name)
-	b.unschedule(name)
-	return nil, nil
+	return nil, b.deleteAccountLocked(ctx, req.Storage, name)
 }
 
 func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -408,7 +403,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	if err := unknownFields(d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := loadConfig(ctx, req.Storage)
+	cfg, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -423,7 +418,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	lock.Lock()
 	defer lock.Unlock()
 
-	a, err := b.loadCurrentAccount(ctx, req.Storage, name)
+	a, err := b.loadAccountLocked(ctx, req.Storage, name)
 	if err != nil || a == nil {
 		return nil, err
 	}

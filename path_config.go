@@ -96,12 +96,12 @@ var configResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
-	c, err := loadConfig(ctx, req.Storage)
+	c, err := b.loadConfigCached(ctx, req.Storage)
 	return c != nil, err
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	c, err := loadConfig(ctx, req.Storage)
+	c, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil || c == nil {
 		return nil, err
 	}
@@ -151,6 +151,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := saveConfig(ctx, req.Storage, c); err != nil {
 		return nil, err
 	}
+	b.cacheConfig(c)
 	b.rescheduleAll()
 	var resp *logical.Response
 	if !strings.Contains(c.ClientID, "_") {
@@ -220,7 +221,11 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) error {
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	return nil, deleteConfig(ctx, req.Storage)
+	if err := deleteConfig(ctx, req.Storage); err != nil {
+		return nil, err
+	}
+	b.cacheConfig(nil)
+	return nil, nil
 }
 
 // clientConfig is the Ermeo client configuration for c.

@@ -108,14 +108,14 @@ func leaseTTL(remaining, minTTL time.Duration) time.Duration {
 // reader that finds such a token never takes the lock. When a refresh fails,
 // a still valid access token is served with a warning.
 func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, name string) (*accountEntry, *configEntry, []string, error) {
-	cfg, err := loadConfig(ctx, s)
+	cfg, err := b.loadConfigCached(ctx, s)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	if b.hasUnsaved(name) {
 		b.flushUnsaved(ctx, s, name)
 	}
-	a, err := b.loadCurrentAccount(ctx, s, name)
+	a, err := b.loadAccountCached(ctx, s, name)
 	if err != nil || a == nil {
 		return nil, cfg, nil, err
 	}
@@ -131,7 +131,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	defer lock.Unlock()
 
 	// Another reader may have refreshed while this one waited for the lock.
-	a, err = b.loadCurrentAccount(ctx, s, name)
+	a, err = b.loadAccountLocked(ctx, s, name)
 	if err != nil || a == nil {
 		return nil, cfg, nil, err
 	}

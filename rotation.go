@@ -45,17 +45,16 @@ func (e *errNeedsReauth) Error() string {
 		e.name, e.reason, e.mount, e.name)
 }
 
-// loadCurrentAccount returns the newest state of an account: a refreshed pair
-// that could not be written yet, or else what storage holds.
-func (b *backend) loadCurrentAccount(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
+// unsavedAccount returns a copy of a refreshed pair that could not be
+// written yet, or nil.
+func (b *backend) unsavedAccount(name string) *accountEntry {
 	b.unsavedMu.Lock()
-	pending := b.unsaved[name]
-	b.unsavedMu.Unlock()
-	if pending != nil {
-		c := *pending
-		return &c, nil
+	defer b.unsavedMu.Unlock()
+	if a := b.unsaved[name]; a != nil {
+		c := *a
+		return &c
 	}
-	return loadAccount(ctx, s, name)
+	return nil
 }
 
 // storeAccountLocked writes an account. Called with the account's lock held.
@@ -69,7 +68,7 @@ func (b *backend) storeAccountLocked(ctx context.Context, s logical.Storage, nam
 		attempts = persistAttempts
 	}
 	for i := 0; i < attempts; i++ {
-		if err = saveAccount(ctx, s, name, a); err == nil {
+		if err = b.saveAccountLocked(ctx, s, name, a); err == nil {
 			b.unsavedMu.Lock()
 			delete(b.unsaved, name)
 			b.unsavedMu.Unlock()
@@ -271,7 +270,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	intent.Attempts++
 	next.RotationIntent = &intent
 	next.NextAttemptAt = time.Time{}
-	if err := saveAccount(ctx, s, name, &next); err != nil {
+	if err := b.saveAccountLocked(ctx, s, name, &next); err != nil {
 		return a, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err)
 	}
 	if b.crashed(crashAfterIntent) {
@@ -312,7 +311,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		next.LastError = reason
 		// Record that the token is dead before anything else, so that no
 		// later process sends it again.
-		if serr := saveAccount(ctx, s, name, &next); serr != nil {
+		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not record that the chain is gone", "account", name, "error", serr)
 		}
 		return b.rebootstrapLocked(ctx, r, client, &next, reason)
@@ -322,7 +321,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		// checks these before it looks at the refresh token, which is unspent.
 		next.RotationIntent = nil
 		next.LastError = "refresh rejected: " + rejected.Error()
-		if serr := saveAccount(ctx, s, name, &next); serr != nil {
+		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
 		}
 		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo rejected the refresh request: "+rejected.Error()+"; check "+r.mount+"config")
@@ -337,7 +336,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		}
 		next.NextAttemptAt = b.now().Add(backoffFor(intent.Attempts, retryAfter))
 		next.LastError = "refresh outcome unknown: " + err.Error()
-		if serr := saveAccount(ctx, s, name, &next); serr != nil {
+		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
 		}
 		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation,
@@ -374,7 +373,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
 			next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
 			next.LastError = reason + "; the password grant with the kept password got no answer: " + err.Error()
-			if serr := saveAccount(ctx, s, name, &next); serr != nil {
+			if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 				return &next, serr
 			}
 			return &next, logical.CodedError(http.StatusBadGateway, next.LastError)
@@ -385,7 +384,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 	next.RefreshToken = ""
 	next.RotationIntent = nil
 	next.LastError = reason
-	if err := saveAccount(ctx, s, name, &next); err != nil {
+	if err := b.saveAccountLocked(ctx, s, name, &next); err != nil {
 		return &next, err
 	}
 	return &next, &errNeedsReauth{mount: r.mount, name: name, reason: reason}
