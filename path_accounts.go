@@ -101,6 +101,11 @@ func pathAccounts(b *backend) []*framework.Path {
 					Type:        framework.TypeDurationSecond,
 					Description: "Rotate an idle chain once its refresh token is this old (at most 13 days: refresh tokens live 2 weeks). Defaults to config's default_rotation_period.",
 				},
+				"lease": {
+					Type:        framework.TypeBool,
+					Description: "Whether creds/<name> returns a lease (the default). With lease=false it returns no lease, and a ttl field that tells Vault Agent when to read again, as Vault's static credentials do; reads are then cheaper for Vault.",
+					Default:     true,
+				},
 			},
 			ExistenceCheck: b.pathAccountExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -145,6 +150,7 @@ var accountResponseFields = map[string]*framework.FieldSchema{
 	"rotation_in_flight":       {Type: framework.TypeBool, Required: true, Description: "A refresh was sent whose answer never arrived: the stored refresh token may be spent. The next refresh finds out."},
 	"min_ttl":                  {Type: framework.TypeDurationSecond, Required: true},
 	"rotation_period":          {Type: framework.TypeDurationSecond, Required: true},
+	"lease":                    {Type: framework.TypeBool, Required: true, Description: "Whether creds/<name> returns a lease, or only a ttl field."},
 }
 
 func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -188,6 +194,7 @@ type accountRequest struct {
 	storePassword, hasStorePassword  bool
 	minTTL, rotationPeriod           time.Duration
 	hasMinTTL, hasRotationPeriod     bool
+	lease, hasLease                  bool
 }
 
 func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
@@ -224,6 +231,13 @@ func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
 	}
 	if ok {
 		r.storePassword, r.hasStorePassword = raw.(bool), true
+	}
+	raw, ok, err = d.GetOkErr("lease")
+	if err != nil {
+		return nil, errors.New("lease: must be true or false")
+	}
+	if ok {
+		r.lease, r.hasLease = raw.(bool), true
 	}
 	if r.minTTL, r.hasMinTTL, err = durationField(d, "min_ttl", minMinTTL, maxMinTTL); err != nil {
 		return nil, err
@@ -286,6 +300,9 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	}
 	if r.hasRotationPeriod {
 		a.RotationPeriod = r.rotationPeriod
+	}
+	if r.hasLease {
+		a.NoLease = !r.lease
 	}
 	keepPassword := a.PasswordKept
 	if r.hasStorePassword {
@@ -453,6 +470,7 @@ func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any 
 		"rotation_in_flight":       a.RotationIntent != nil,
 		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
 		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
+		"lease":                    !a.NoLease,
 	}
 }
 

@@ -39,6 +39,7 @@ var credsResponseFields = map[string]*framework.FieldSchema{
 	"token_type":   {Type: framework.TypeString, Required: true, Description: "Always Bearer (capitalised, as Ermeo's Authorization header needs)."},
 	"expires_at":   {Type: framework.TypeString, Required: true, Description: "When Ermeo stops accepting the token (RFC 3339)."},
 	"expires_in":   {Type: framework.TypeInt64, Required: true, Description: "Seconds until expires_at."},
+	"ttl":          {Type: framework.TypeInt64, Description: "Only for accounts with lease=false: seconds until this token should be read again (it then has min_ttl left)."},
 }
 
 func secretAccessToken(b *backend) *framework.Secret {
@@ -72,15 +73,25 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 
 	now := b.now()
 	remaining := a.AccessTokenExpiresAt.Sub(now)
-	resp := b.Secret(secretAccessTokenType).Response(map[string]any{
+	ttl := leaseTTL(remaining, effectiveMinTTL(a, cfg))
+	data := map[string]any{
 		"access_token": a.AccessToken,
 		"token_type":   "Bearer",
 		"expires_at":   formatTime(a.AccessTokenExpiresAt),
 		"expires_in":   int64(remaining.Seconds()),
-	}, map[string]any{"account": name, "generation": a.Generation})
-	resp.Secret.TTL = leaseTTL(remaining, effectiveMinTTL(a, cfg))
-	resp.Secret.MaxTTL = remaining
-	resp.Secret.Renewable = false
+	}
+	var resp *logical.Response
+	if a.NoLease {
+		// As Vault's static credentials do: no lease, and a ttl that tells
+		// Vault Agent when to read again.
+		data["ttl"] = int64(ttl.Seconds())
+		resp = &logical.Response{Data: data}
+	} else {
+		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})
+		resp.Secret.TTL = ttl
+		resp.Secret.MaxTTL = remaining
+		resp.Secret.Renewable = false
+	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
@@ -190,7 +201,8 @@ under the account's lock: many readers at once cause one refresh.
 The token comes with a non-renewable lease that ends min_ttl before the token
 expires, so that Vault Agent reads again in time for a fresh token. Revoking
 the lease does nothing at Ermeo (Ermeo has no revocation): the token stays
-valid until it expires.
+valid until it expires. For an account written with lease=false there is no
+lease; a ttl field says when to read again, as with Vault's static credentials.
 
 If a refresh fails while the current token is still valid, that token is
 served with a warning. If the account's chain is gone, the error says which

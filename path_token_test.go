@@ -152,3 +152,27 @@ func TestCredsOnAPerformanceStandbyForwardsBeforeCallingErmeo(t *testing.T) {
 		})
 	}
 }
+
+func TestCredsWithoutALeaseReturnsATTL(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", map[string]any{"lease": false, "min_ttl": "15m"})
+	resp := e.creds("app")
+	if resp.Secret != nil {
+		t.Fatalf("lease=false returned a lease: %+v", resp.Secret)
+	}
+	if resp.Data["ttl"] != int64((2*time.Hour - 15*time.Minute).Seconds()) {
+		t.Errorf("ttl = %v", resp.Data["ttl"])
+	}
+	if !e.fake.AccessTokenValid(resp.Data["access_token"].(string)) {
+		t.Errorf("token not valid")
+	}
+	if st := e.must(logical.ReadOperation, "accounts/app", nil); st.Data["lease"] != false {
+		t.Errorf("account read: lease = %v", st.Data["lease"])
+	}
+	// Switching back gives leases again.
+	e.must(logical.UpdateOperation, "accounts/app", map[string]any{"lease": true})
+	if resp := e.creds("app"); resp.Secret == nil || resp.Data["ttl"] != nil {
+		t.Errorf("lease=true: %+v", resp)
+	}
+}

@@ -59,19 +59,21 @@ type rotationIntent struct {
 
 // accountEntry is one Ermeo account and the current link of its refresh chain.
 type accountEntry struct {
-	Username             string          `json:"username"`
-	PasswordKept         bool            `json:"password_kept"`
-	RefreshToken         string          `json:"refresh_token"`
-	RefreshTokenIssuedAt time.Time       `json:"refresh_token_issued_at"`
-	AccessToken          string          `json:"access_token"`
-	AccessTokenExpiresAt time.Time       `json:"access_token_expires_at"`
-	Generation           uint64          `json:"generation"`
-	LastRotation         time.Time       `json:"last_rotation"`
-	LastError            string          `json:"last_error,omitempty"`
-	State                string          `json:"state"`
-	MinTTL               time.Duration   `json:"min_ttl,omitempty"`
-	RotationPeriod       time.Duration   `json:"rotation_period,omitempty"`
-	RotationIntent       *rotationIntent `json:"rotation_intent,omitempty"`
+	Username             string        `json:"username"`
+	PasswordKept         bool          `json:"password_kept"`
+	RefreshToken         string        `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time     `json:"refresh_token_issued_at"`
+	AccessToken          string        `json:"access_token"`
+	AccessTokenExpiresAt time.Time     `json:"access_token_expires_at"`
+	Generation           uint64        `json:"generation"`
+	LastRotation         time.Time     `json:"last_rotation"`
+	LastError            string        `json:"last_error,omitempty"`
+	State                string        `json:"state"`
+	MinTTL               time.Duration `json:"min_ttl,omitempty"`
+	RotationPeriod       time.Duration `json:"rotation_period,omitempty"`
+	// NoLease: creds reads return no lease, only a ttl field (lease=false).
+	NoLease        bool            `json:"no_lease,omitempty"`
+	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
 	// NextAttemptAt is set when a grant got no answer: refreshes wait until
 	// then (backoff, or the server's Retry-After), unless an operator forces one.
 	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
