@@ -5,6 +5,9 @@ package ermeosecrets
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -39,8 +42,10 @@ type backend struct {
 
 	// now is the clock; tests inject their own.
 	now func() time.Time
-	// httpClient is used for every call to Ermeo; nil means a default one.
+	// httpClient is used for every call to Ermeo (tests inject their own);
+	// with a ca_certificate in config, a copy that trusts it is used instead.
 	httpClient *http.Client
+	caClient   atomic.Pointer[caClient]
 
 	// unsaved holds, per account, a refreshed pair whose storage write failed:
 	// it is served from memory and written again at the next chance, so that
@@ -64,6 +69,9 @@ type backend struct {
 }
 
 func newBackend(now func() time.Time, httpClient *http.Client) *backend {
+	if httpClient == nil {
+		httpClient = defaultHTTPClient()
+	}
 	b := &backend{
 		accountLocks: locksutil.CreateLocks(),
 		now:          now,
@@ -95,6 +103,55 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 // accountLock returns the lock that serializes everything done to one account.
 func (b *backend) accountLock(name string) *locksutil.LockEntry {
 	return locksutil.LockForKey(b.accountLocks, name)
+}
+
+// defaultHTTPClient is one client for every call to Ermeo, so that
+// connections are reused: TLS 1.2 or newer, certificates always verified,
+// proxies from the environment, no overall timeout (each call is bounded by
+// request_timeout).
+func defaultHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	t.MaxIdleConnsPerHost = 16
+	return &http.Client{Transport: t}
+}
+
+// caClient is the HTTP client that trusts config's ca_certificate.
+type caClient struct {
+	pem    string
+	client *http.Client
+}
+
+// httpClientFor returns the HTTP client for calls made under cfg.
+func (b *backend) httpClientFor(cfg *configEntry) (*http.Client, error) {
+	if cfg.CACertificate == "" {
+		return b.httpClient, nil
+	}
+	if c := b.caClient.Load(); c != nil && c.pem == cfg.CACertificate {
+		return c.client, nil
+	}
+	pool, err := certPool(cfg.CACertificate)
+	if err != nil {
+		return nil, err
+	}
+	base, ok := b.httpClient.Transport.(*http.Transport)
+	if !ok || base == nil {
+		base = http.DefaultTransport.(*http.Transport)
+	}
+	t := base.Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	client := &http.Client{Transport: t}
+	b.caClient.Store(&caClient{pem: cfg.CACertificate, client: client})
+	return client, nil
+}
+
+// certPool parses a PEM bundle of CA certificates.
+func certPool(pemText string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pemText)) {
+		return nil, errors.New("ca_certificate: no PEM certificate found: give the CA bundle that signed the Ermeo server's certificate, in PEM")
+	}
+	return pool, nil
 }
 
 // cachedConfig is the config as storage holds it; cfg is nil when there is none.

@@ -41,6 +41,10 @@ func pathConfig(b *backend) []*framework.Path {
 				Default:       string(ermeo.BodyJSON),
 				AllowedValues: []any{string(ermeo.BodyJSON), string(ermeo.BodyForm)},
 			},
+			"ca_certificate": {
+				Type:        framework.TypeString,
+				Description: "PEM bundle of the CA certificates to trust for api_url, instead of the system's. TLS verification is always on; there is no option to skip it.",
+			},
 			"request_timeout": {
 				Type:        framework.TypeDurationSecond,
 				Description: "How long one call to Ermeo may take, from 1s to 5m.",
@@ -90,6 +94,7 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"client_id":               {Type: framework.TypeString, Required: true},
 	"client_secret_set":       {Type: framework.TypeBool, Required: true, Description: "Whether a client secret is stored (its value is never returned)."},
 	"body_format":             {Type: framework.TypeString, Required: true},
+	"ca_certificate":          {Type: framework.TypeString, Required: true, Description: "The CA bundle trusted for api_url (public certificates), or empty for the system's."},
 	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true},
 	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true},
 	"default_rotation_period": {Type: framework.TypeDurationSecond, Required: true},
@@ -110,6 +115,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"client_id":               c.ClientID,
 		"client_secret_set":       c.ClientSecret != "",
 		"body_format":             c.BodyFormat,
+		"ca_certificate":          c.CACertificate,
 		"request_timeout":         int64(c.RequestTimeout.Seconds()),
 		"default_min_ttl":         int64(c.DefaultMinTTL.Seconds()),
 		"default_rotation_period": int64(c.DefaultRotationPeriod.Seconds()),
@@ -199,6 +205,11 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) error {
 		}
 		c.BodyFormat = v
 	}
+	if v, ok, err := caCertificateField(d); err != nil {
+		return err
+	} else if ok {
+		c.CACertificate = v
+	}
 	durations := []struct {
 		name     string
 		min, max time.Duration
@@ -228,6 +239,25 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	return nil, nil
 }
 
+// caCertificateField returns the ca_certificate field, checked to be PEM;
+// an empty value means the system's CAs.
+func caCertificateField(d *framework.FieldData) (string, bool, error) {
+	raw, ok := d.GetOk("ca_certificate")
+	if !ok {
+		return "", false, nil
+	}
+	v := strings.TrimSpace(raw.(string))
+	if len(v) > 256*1024 {
+		return "", true, errors.New("ca_certificate: too long (at most 256 KiB)")
+	}
+	if v != "" {
+		if _, err := certPool(v); err != nil {
+			return "", true, err
+		}
+	}
+	return v, true, nil
+}
+
 // clientConfig is the Ermeo client configuration for c.
 func clientConfig(c *configEntry, httpClient *http.Client) ermeo.Config {
 	return ermeo.Config{
@@ -251,6 +281,9 @@ api_url defaults to https://api.ermeo.com. It must be https, except for a test
 server on a loopback address. body_format is json by default, as Ermeo
 documents; if Ermeo answers "Invalid grant_type parameter or parameter missing",
 try body_format=form.
+
+TLS certificates are always verified. For a server whose certificate is signed
+by a private CA, give that CA in PEM as ca_certificate.
 
 The defaults for accounts (default_min_ttl, default_rotation_period) apply to
 accounts that do not set their own.

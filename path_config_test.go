@@ -1,6 +1,8 @@
 package ermeosecrets
 
 import (
+	"encoding/pem"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -132,5 +134,36 @@ func TestConfigWarnsAboutAClientIDWithoutUnderscore(t *testing.T) {
 	resp := e.must(logical.UpdateOperation, "config", map[string]any{"client_id": "12345", "client_secret": "s"})
 	if resp == nil || len(resp.Warnings) == 0 {
 		t.Fatalf("want a warning, got %v", resp)
+	}
+}
+
+func TestTLSIsVerifiedAndACABundleCanBeGiven(t *testing.T) {
+	fake := fakeermeo.New(fakeermeo.Options{})
+	srv := httptest.NewTLSServer(fake)
+	defer srv.Close()
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+
+	// The production HTTP client, not the test server's: it must refuse a
+	// certificate it cannot verify.
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.b.httpClient = defaultHTTPClient()
+	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": srv.URL, "client_id": testClientID, "client_secret": testClientSecret})
+	_, err := e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("an unverifiable certificate must be refused, got %v", err)
+	}
+	if c := fake.Counters(); c.Requests != 0 {
+		t.Fatalf("the request reached the server despite its certificate")
+	}
+
+	e.must(logical.UpdateOperation, "config", map[string]any{"ca_certificate": caPEM})
+	e.createAccount("app", nil)
+	if !fake.AccessTokenValid(e.creds("app").Data["access_token"].(string)) {
+		t.Errorf("with the CA bundle: token not valid")
+	}
+
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]any{"ca_certificate": "not a certificate"})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "ca_certificate") {
+		t.Errorf("a bad bundle: want a 400 naming ca_certificate, got %v %v", resp, err)
 	}
 }

@@ -144,7 +144,11 @@ func upstreamContext(ctx context.Context, cfg *configEntry) (context.Context, co
 }
 
 func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
-	return ermeo.New(clientConfig(cfg, b.httpClient))
+	hc, err := b.httpClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return ermeo.New(clientConfig(cfg, hc))
 }
 
 // startChain records a new chain from a grant's answer onto a.

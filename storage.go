@@ -38,6 +38,7 @@ type configEntry struct {
 	ClientSecret          string        `json:"client_secret"`
 	BodyFormat            string        `json:"body_format"`
 	RequestTimeout        time.Duration `json:"request_timeout"`
+	CACertificate         string        `json:"ca_certificate,omitempty"`
 	DefaultMinTTL         time.Duration `json:"default_min_ttl"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 }
