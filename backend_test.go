@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/testhelpers/schema"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
@@ -122,7 +123,15 @@ func (e *testEnv) requestCtx(ctx context.Context, op logical.Operation, path str
 			req.Operation = logical.CreateOperation
 		}
 	}
-	return e.b.HandleRequest(ctx, req)
+	resp, err := e.b.HandleRequest(ctx, req)
+	// Every answer is checked against the path's declared response schema
+	// (the one OpenAPI publishes), strictly: no undeclared field.
+	if err == nil && resp != nil && !resp.IsError() && op != logical.RevokeOperation {
+		if route := e.b.Route(path); route != nil {
+			schema.ValidateResponse(e.t, schema.GetResponseSchema(e.t, route, req.Operation), resp, true)
+		}
+	}
+	return resp, err
 }
 
 // must fails the test unless the request succeeded without an error response.
