@@ -3,6 +3,7 @@ package ermeosecrets
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -151,6 +152,9 @@ var accountResponseFields = map[string]*framework.FieldSchema{
 	"min_ttl":                  {Type: framework.TypeDurationSecond, Required: true},
 	"rotation_period":          {Type: framework.TypeDurationSecond, Required: true},
 	"lease":                    {Type: framework.TypeBool, Required: true, Description: "Whether creds/<name> returns a lease, or only a ttl field."},
+	"ermeo_user_id":            {Type: framework.TypeString, Required: true, Description: "The Ermeo user id that GET /api/v1/profile returned for the chain's token, when the account was written."},
+	"ermeo_email":              {Type: framework.TypeString, Required: true, Description: "The e-mail that GET /api/v1/profile returned, if any."},
+	"checked_at":               {Type: framework.TypeString, Required: true, Description: "When the profile check last passed."},
 }
 
 func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -329,6 +333,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		}
 		b.startChain(a, tok)
 		a.PasswordKept = keepPassword
+		resp.Warnings = append(resp.Warnings, b.checkAccount(ctx, cfg, client, a)...)
 		// The chain first: a failure after this leaves a working account.
 		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
 			return nil, err
@@ -364,6 +369,15 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 			return nil, err
 		}
 		a = next
+		client, err := b.client(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if warnings := b.checkAccount(ctx, cfg, client, a); len(warnings) > 0 {
+			resp.Warnings = append(resp.Warnings, warnings...)
+		} else if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
+			return nil, err
+		}
 
 	default:
 		if !keepPassword && a.PasswordKept {
@@ -382,6 +396,32 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	// Respond.
 	resp.Data = accountView(name, a, cfg)
 	return resp, nil
+}
+
+// checkAccount calls Ermeo's GET /api/v1/profile with a new chain's access
+// token, which proves the token works for the API, and records whose account
+// it is. A failed check is a warning: the chain itself is good. Off with
+// config's verify_accounts=false (air-gapped setups).
+func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *ermeo.Client, a *accountEntry) []string {
+	if cfg.SkipAccountCheck {
+		return nil
+	}
+	pctx, cancel := upstreamContext(ctx, cfg)
+	profile, err := client.Profile(pctx, a.AccessToken)
+	cancel()
+	if err != nil {
+		return []string{"the new refresh chain is stored, but Ermeo's GET /api/v1/profile refused its access token: " + err.Error() +
+			" (check api_url; set verify_accounts=false in config to skip this check)"}
+	}
+	a.ErmeoUserID, a.ErmeoEmail = "", ""
+	if id, ok := profile["id"]; ok && id != nil {
+		a.ErmeoUserID = truncate(fmt.Sprint(id), 128)
+	}
+	if email, ok := profile["email"].(string); ok {
+		a.ErmeoEmail = truncate(email, 256)
+	}
+	a.CheckedAt = b.now()
+	return nil
 }
 
 // grantErrorResponse turns a failed grant into what the operator should see:
@@ -471,6 +511,9 @@ func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any 
 		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
 		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
 		"lease":                    !a.NoLease,
+		"ermeo_user_id":            a.ErmeoUserID,
+		"ermeo_email":              a.ErmeoEmail,
+		"checked_at":               formatTime(a.CheckedAt),
 	}
 }
 

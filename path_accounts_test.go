@@ -2,6 +2,8 @@ package ermeosecrets
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -263,5 +265,45 @@ func TestEveryPathHasHelp(t *testing.T) {
 				t.Errorf("path %s %s declares no responses", p.Pattern, op)
 			}
 		}
+	}
+}
+
+func TestAccountWriteChecksTheProfileAndShowsWhoseAccountItIs(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	resp := e.must(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	if resp.Data["ermeo_user_id"] != "1" || resp.Data["ermeo_email"] != testUser || resp.Data["checked_at"] == "" {
+		t.Errorf("account after the profile check: %v", resp.Data)
+	}
+	if len(resp.Warnings) != 0 {
+		t.Errorf("warnings: %v", resp.Warnings)
+	}
+	// Switched off: no check, nothing recorded.
+	e.must(logical.UpdateOperation, "config", map[string]any{"verify_accounts": false})
+	resp = e.must(logical.UpdateOperation, "accounts/other", map[string]any{"username": testUser, "password": testPassword})
+	if resp.Data["ermeo_user_id"] != "" || resp.Data["checked_at"] != "" {
+		t.Errorf("with verify_accounts=false: %v", resp.Data)
+	}
+}
+
+func TestAccountProfileRefusalIsAWarningAndTheChainIsKept(t *testing.T) {
+	fake := fakeermeo.New(fakeermeo.Options{})
+	mux := http.NewServeMux()
+	mux.Handle("/", fake)
+	mux.HandleFunc("/api/v1/profile", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"The access token provided is invalid."}`))
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.b.httpClient = srv.Client()
+	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": srv.URL, "client_id": testClientID, "client_secret": testClientSecret})
+	resp := e.must(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "profile") {
+		t.Fatalf("want a warning about the profile check, got %v", resp.Warnings)
+	}
+	if a := e.stored("app"); !fake.RefreshTokenLive(a.RefreshToken) {
+		t.Errorf("the chain was not kept")
 	}
 }

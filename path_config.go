@@ -45,6 +45,11 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeString,
 				Description: "PEM bundle of the CA certificates to trust for api_url, instead of the system's. TLS verification is always on; there is no option to skip it.",
 			},
+			"verify_accounts": {
+				Type:        framework.TypeBool,
+				Description: "Check each new account's chain with Ermeo's GET /api/v1/profile and record whose account it is. Turn off where only the token endpoint is reachable.",
+				Default:     true,
+			},
 			"request_timeout": {
 				Type:        framework.TypeDurationSecond,
 				Description: "How long one call to Ermeo may take, from 1s to 5m.",
@@ -94,6 +99,7 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"client_id":               {Type: framework.TypeString, Required: true},
 	"client_secret_set":       {Type: framework.TypeBool, Required: true, Description: "Whether a client secret is stored (its value is never returned)."},
 	"body_format":             {Type: framework.TypeString, Required: true},
+	"verify_accounts":         {Type: framework.TypeBool, Required: true},
 	"ca_certificate":          {Type: framework.TypeString, Required: true, Description: "The CA bundle trusted for api_url (public certificates), or empty for the system's."},
 	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true},
 	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true},
@@ -116,6 +122,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"client_secret_set":       c.ClientSecret != "",
 		"body_format":             c.BodyFormat,
 		"ca_certificate":          c.CACertificate,
+		"verify_accounts":         !c.SkipAccountCheck,
 		"request_timeout":         int64(c.RequestTimeout.Seconds()),
 		"default_min_ttl":         int64(c.DefaultMinTTL.Seconds()),
 		"default_rotation_period": int64(c.DefaultRotationPeriod.Seconds()),
@@ -204,6 +211,11 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) error {
 			return errors.New("body_format: must be json or form")
 		}
 		c.BodyFormat = v
+	}
+	if raw, ok, err := d.GetOkErr("verify_accounts"); err != nil {
+		return errors.New("verify_accounts: must be true or false")
+	} else if ok {
+		c.SkipAccountCheck = !raw.(bool)
 	}
 	if v, ok, err := caCertificateField(d); err != nil {
 		return err

@@ -33,12 +33,15 @@ func passwordKey(name string) string { return passwordPrefix + name }
 
 // configEntry is the mount's connection to Ermeo.
 type configEntry struct {
-	APIURL                string        `json:"api_url"`
-	ClientID              string        `json:"client_id"`
-	ClientSecret          string        `json:"client_secret"`
-	BodyFormat            string        `json:"body_format"`
-	RequestTimeout        time.Duration `json:"request_timeout"`
-	CACertificate         string        `json:"ca_certificate,omitempty"`
+	APIURL         string        `json:"api_url"`
+	ClientID       string        `json:"client_id"`
+	ClientSecret   string        `json:"client_secret"`
+	BodyFormat     string        `json:"body_format"`
+	RequestTimeout time.Duration `json:"request_timeout"`
+	CACertificate  string        `json:"ca_certificate,omitempty"`
+	// SkipAccountCheck turns off the GET /api/v1/profile check of a new
+	// account (verify_accounts=false).
+	SkipAccountCheck      bool          `json:"skip_account_check,omitempty"`
 	DefaultMinTTL         time.Duration `json:"default_min_ttl"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 }
@@ -73,7 +76,11 @@ type accountEntry struct {
 	MinTTL               time.Duration `json:"min_ttl,omitempty"`
 	RotationPeriod       time.Duration `json:"rotation_period,omitempty"`
 	// NoLease: creds reads return no lease, only a ttl field (lease=false).
-	NoLease        bool            `json:"no_lease,omitempty"`
+	NoLease bool `json:"no_lease,omitempty"`
+	// Whose Ermeo account this is, from GET /api/v1/profile when written.
+	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
+	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
+	CheckedAt      time.Time       `json:"checked_at,omitempty"`
 	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
 	// NextAttemptAt is set when a grant got no answer: refreshes wait until
 	// then (backoff, or the server's Retry-After), unless an operator forces one.
