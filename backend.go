@@ -63,6 +63,9 @@ type backend struct {
 	accounts sync.Map // name -> *accountEntry (never mutated once stored)
 	config   atomic.Pointer[cachedConfig]
 
+	// metrics counts what the refresh protocol did (see metrics.go).
+	metrics *metrics
+
 	// crashHook, set only by tests, makes the refresh protocol stop dead at
 	// a step, as a crashed plugin process would.
 	crashHook func(crashPoint) bool
@@ -78,6 +81,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		httpClient:   httpClient,
 		unsaved:      map[string]*accountEntry{},
 		schedule:     newSchedule(),
+		metrics:      newMetrics(),
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -89,6 +93,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 			pathConfig(b),
 			pathAccounts(b),
 			pathCreds(b),
+			pathMetrics(b),
 		),
 		Secrets:        []*framework.Secret{secretAccessToken(b)},
 		InitializeFunc: b.initialize,

@@ -283,7 +283,9 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 
 	// 3. The refresh, detached from the caller.
 	rctx, cancel := upstreamContext(ctx, r.cfg)
+	sent := time.Now()
 	tok, err := client.RefreshGrant(rctx, a.RefreshToken)
+	took := time.Since(sent)
 	cancel()
 	if b.crashed(crashAfterUpstream) {
 		return nil, errSimulatedCrash
@@ -300,6 +302,8 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		if b.crashed(crashAfterWrite) {
 			return nil, errSimulatedCrash
 		}
+		b.metrics.refresh("success", took)
+		b.emit(ctx, eventRotated, r.mount, name, "generation", fmt.Sprint(next.Generation))
 		b.Logger().Info("rotated refresh chain", "account", name, "generation", next.Generation)
 		return &next, nil
 
@@ -310,6 +314,13 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 			reason = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected.Error())
 		}
 		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", lostToNetwork)
+		b.metrics.refresh("chain_gone", took)
+		how := "refused"
+		if lostToNetwork {
+			how = "lost_in_flight"
+		}
+		b.metrics.chainLost(how)
+		b.emit(ctx, eventChainLost, r.mount, name, "generation", fmt.Sprint(a.Generation), "how", how)
 		next.RefreshToken = ""
 		next.RotationIntent = nil
 		next.LastError = reason
@@ -325,6 +336,8 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		// checks these before it looks at the refresh token, which is unspent.
 		next.RotationIntent = nil
 		next.LastError = "refresh rejected: " + rejected.Error()
+		b.metrics.refresh("rejected", took)
+		b.emit(ctx, eventRotationFailed, r.mount, name, "error", rejected.Code)
 		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
 		}
@@ -339,6 +352,8 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 			retryAfter = unknown.RetryAfter
 		}
 		next.NextAttemptAt = b.now().Add(backoffFor(intent.Attempts, retryAfter))
+		b.metrics.refresh("unknown", took)
+		b.emit(ctx, eventRotationFailed, r.mount, name, "error", "outcome_unknown")
 		next.LastError = "refresh outcome unknown: " + err.Error()
 		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
@@ -371,6 +386,8 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 			if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
 				return &next, err
 			}
+			b.metrics.chainRecovered()
+			b.emit(ctx, eventRotated, r.mount, name, "generation", fmt.Sprint(next.Generation), "recovered", "true")
 			b.Logger().Info("started a new refresh chain with the kept password", "account", name, "generation", next.Generation)
 			return &next, nil
 		}
