@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -285,6 +286,67 @@ func TestWholePath(t *testing.T) {
 	}
 
 	e.assertNoSecretReturned(testClientSecret, testPassword)
+}
+
+// TestVaultSeesTheEngineAsOperatorsExpect: its version in the mount list, help
+// on every path, every path in the OpenAPI document, metrics over HTTP.
+func TestVaultSeesTheEngineAsOperatorsExpect(t *testing.T) {
+	e := newEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.mustWrite("accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	e.mustWrite("accounts/app/rotate", nil)
+
+	mounts, err := e.c.Sys().ListMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mounts[e.mount+"/"]
+	if m == nil || m.RunningVersion != PluginVersion || m.PluginVersion != PluginVersion || m.Type != PluginName {
+		t.Errorf("mount %s: %+v", e.mount, m)
+	} else {
+		t.Logf("vault secrets list -detailed: %s type=%s plugin_version=%s running_plugin_version=%s running_sha256=%s",
+			e.mount, m.Type, m.PluginVersion, m.RunningVersion, m.RunningSha256[:12])
+	}
+
+	for _, p := range []string{"config", "accounts", "accounts/app", "accounts/app/rotate", "creds/app", "metrics"} {
+		help, err := e.c.Help(e.mount + "/" + p)
+		if err != nil || help == nil || len(help.Help) < 100 {
+			t.Errorf("path-help %s: %v %v", p, help, err)
+		}
+	}
+
+	r := e.c.NewRequest("GET", "/v1/sys/internal/specs/openapi")
+	resp, err := e.c.RawRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Paths map[string]any `json:"paths"`
+	}
+	if err := resp.DecodeJSON(&doc); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, p := range []string{"/config", "/accounts/", "/accounts/{name}", "/accounts/{name}/rotate", "/creds/{name}", "/metrics"} {
+		if _, ok := doc.Paths["/"+e.mount+p]; !ok {
+			t.Errorf("OpenAPI lacks /%s%s", e.mount, p)
+		}
+	}
+
+	r = e.c.NewRequest("GET", "/v1/"+e.mount+"/metrics")
+	r.Params.Set("format", "prometheus")
+	resp, err = e.c.RawRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := new(strings.Builder)
+	_, _ = io.Copy(body, resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`ermeo_refreshes_total{outcome="success"} 1`, `ermeo_refresh_token_expires_in_seconds{account="app"}`} {
+		if !strings.Contains(body.String(), want) {
+			t.Errorf("metrics over HTTP lack %q:\n%s", want, body)
+		}
+	}
 }
 
 func TestWrongPasswordIsAClear400(t *testing.T) {
