@@ -38,7 +38,7 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 	e.createAccount("app", nil)
 	e.createAccount("kept", map[string]any{"store_password": true})
 
-	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)                            // success
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)                             // success
 	e.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultStatus, Status: 503, Times: 1}) // unknown
 	_, _ = e.request(logical.UpdateOperation, "accounts/app/rotate", nil)
 	e.spendChainBehindThePluginsBack("kept") // chain gone, recovered with the password
