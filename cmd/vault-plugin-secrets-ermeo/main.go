@@ -3,6 +3,7 @@ package main
 
 import (
 	"os"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
@@ -17,12 +18,25 @@ func main() {
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		fatal(err)
 	}
+	go exitWhenOrphaned(os.Getppid(), 250*time.Millisecond)
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
 		BackendFactoryFunc: ermeosecrets.Factory,
 		TLSProviderFunc:    api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})
 	if err != nil {
 		fatal(err)
+	}
+}
+
+// exitWhenOrphaned ends the process once the Vault that started it is gone
+// (kill -9 leaves plugin processes running, re-parented). An orphan can store
+// nothing, so a refresh it still completed would only spend a refresh token.
+func exitWhenOrphaned(vaultPid int, every time.Duration) {
+	for range time.Tick(every) {
+		if os.Getppid() != vaultPid {
+			hclog.New(&hclog.LoggerOptions{}).Warn("the Vault process that started this plugin is gone; exiting")
+			os.Exit(2)
+		}
 	}
 }
 
