@@ -1,6 +1,7 @@
 # vault-plugin-secrets-ermeo
 #   make demo   a real Vault with the plugin, the fake Ermeo, and `vault read ermeo/creds/app`
 #   make test   go vet, unit tests with -race, and end-to-end tests against a real Vault
+#   make cluster  a 3-node Vault cluster (Raft) with the plugin and a fake Ermeo, until Ctrl-C
 
 SHELL         := /bin/bash
 .SHELLFLAGS   := -o pipefail -c
@@ -11,7 +12,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
+.PHONY: all build vault demo cluster test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
 
 all: build
 
@@ -29,6 +30,9 @@ vault:
 
 demo: build
 	VERSION=$(VERSION) scripts/demo.sh
+
+cluster:
+	scripts/cluster.sh
 
 vet:
 	go vet ./...
