@@ -307,3 +307,32 @@ func TestAccountProfileRefusalIsAWarningAndTheChainIsKept(t *testing.T) {
 		t.Errorf("the chain was not kept")
 	}
 }
+
+func TestRotateAndMetricsBadInput(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	cases := []struct {
+		op    logical.Operation
+		path  string
+		data  map[string]any
+		field string
+	}{
+		{logical.UpdateOperation, "accounts/app/rotate", map[string]any{"force": true}, "force"},
+		{logical.UpdateOperation, "accounts/a.b/rotate", nil, "name"},
+		{logical.ReadOperation, "creds/a b", nil, "name"},
+		{logical.ReadOperation, "accounts/-x", nil, "name"},
+		{logical.DeleteOperation, "accounts/x/../y", nil, "name"},
+		{logical.ReadOperation, "metrics", map[string]any{"format": "xml"}, "format"},
+	}
+	before := e.fake.Counters().Requests
+	for _, c := range cases {
+		resp, err := e.request(c.op, c.path, c.data)
+		if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), c.field) {
+			t.Errorf("%s %s %v: want a 400 naming %s, got %v %v", c.op, c.path, c.data, c.field, resp, err)
+		}
+	}
+	if e.fake.Counters().Requests != before {
+		t.Errorf("bad input reached Ermeo")
+	}
+}

@@ -308,6 +308,11 @@ func TestVaultSeesTheEngineAsOperatorsExpect(t *testing.T) {
 			e.mount, m.Type, m.PluginVersion, m.RunningVersion, m.RunningSha256[:12])
 	}
 
+	info, err := e.c.Sys().GetPluginWithContext(context.Background(), &api.GetPluginInput{Name: PluginName, Type: api.PluginTypeSecrets, Version: PluginVersion})
+	if err != nil || info.Version != PluginVersion || info.SHA256 != pluginSHA {
+		t.Errorf("vault plugin info: %+v %v", info, err)
+	}
+
 	for _, p := range []string{"config", "accounts", "accounts/app", "accounts/app/rotate", "creds/app", "metrics"} {
 		help, err := e.c.Help(e.mount + "/" + p)
 		if err != nil || help == nil || len(help.Help) < 100 {
