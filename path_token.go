@@ -35,11 +35,12 @@ func pathCreds(b *backend) []*framework.Path {
 }
 
 var credsResponseFields = map[string]*framework.FieldSchema{
-	"access_token": {Type: framework.TypeString, Required: true, Description: "Send as the header Authorization: Bearer <access_token>."},
-	"token_type":   {Type: framework.TypeString, Required: true, Description: "Always Bearer (capitalised, as Ermeo's Authorization header needs)."},
-	"expires_at":   {Type: framework.TypeString, Required: true, Description: "When Ermeo stops accepting the token (RFC 3339)."},
-	"expires_in":   {Type: framework.TypeInt64, Required: true, Description: "Seconds until expires_at."},
-	"ttl":          {Type: framework.TypeInt64, Description: "Only for accounts with lease=false: seconds until this token should be read again (it then has min_ttl left)."},
+	"access_token":    {Type: framework.TypeString, Required: true, Description: "Send as the header Authorization: Bearer <access_token>."},
+	"token_type":      {Type: framework.TypeString, Required: true, Description: "Always Bearer (capitalised, as Ermeo's Authorization header needs)."},
+	"expires_at":      {Type: framework.TypeString, Required: true, Description: "When Ermeo stops accepting the token (RFC 3339)."},
+	"expires_in":      {Type: framework.TypeInt64, Required: true, Description: "Seconds until expires_at."},
+	"ttl":             {Type: framework.TypeInt64, Description: "Only for accounts with lease=false: seconds until this token should be read again (it then has just over min_ttl left)."},
+	"rotation_period": {Type: framework.TypeInt64, Description: "Only for accounts with lease=false: the token's lifetime, in seconds. Vault Agent honours ttl only when this field is present."},
 }
 
 func secretAccessToken(b *backend) *framework.Secret {
@@ -82,9 +83,12 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	}
 	var resp *logical.Response
 	if a.NoLease {
-		// As Vault's static credentials do: no lease, and a ttl that tells
-		// Vault Agent when to read again.
-		data["ttl"] = int64(ttl.Seconds())
+		// As Vault's database static roles do: no lease, a ttl that tells
+		// Vault Agent when to read again, and a rotation_period, without
+		// which Agent ignores the ttl (consul-template's leaseCheckWait).
+		// Agent comes back 1s after the ttl, hence the second less.
+		data["ttl"] = int64(max(ttl-time.Second, time.Second).Seconds())
+		data["rotation_period"] = int64(a.AccessTokenExpiresAt.Sub(a.LastRotation).Seconds())
 		resp = &logical.Response{Data: data}
 	} else {
 		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})

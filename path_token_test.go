@@ -161,8 +161,11 @@ func TestCredsWithoutALeaseReturnsATTL(t *testing.T) {
 	if resp.Secret != nil {
 		t.Fatalf("lease=false returned a lease: %+v", resp.Secret)
 	}
-	if resp.Data["ttl"] != int64((2*time.Hour - 15*time.Minute).Seconds()) {
+	if resp.Data["ttl"] != int64((2*time.Hour - 15*time.Minute - time.Second).Seconds()) {
 		t.Errorf("ttl = %v", resp.Data["ttl"])
+	}
+	if resp.Data["rotation_period"] != int64(7200) {
+		t.Errorf("rotation_period = %v: Agent needs it to honour ttl", resp.Data["rotation_period"])
 	}
 	if !e.fake.AccessTokenValid(resp.Data["access_token"].(string)) {
 		t.Errorf("token not valid")

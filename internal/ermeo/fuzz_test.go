@@ -447,3 +447,13 @@ func FuzzErrorResponse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseTokenResponse(b *testing.B) {
+	body := []byte(`{"access_token":"` + strings.Repeat("a", 86) + `","expires_in":7200,"token_type":"bearer","scope":"user","refresh_token":"` + strings.Repeat("r", 86) + `"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseToken(200, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
