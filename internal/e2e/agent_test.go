@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -298,16 +297,7 @@ func (a *agentProc) exited() bool {
 
 // stop ends the agent process by its pid: SIGTERM, then SIGKILL after 10 s.
 func (a *agentProc) stop() {
-	if a.exited() {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(10 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-	}
+	stopProcess(a.cmd.Process, a.done, 10*time.Second)
 }
 
 func (a *agentProc) log() string {

@@ -700,13 +700,7 @@ func (n *Node) stop() {
 			n.mu.Lock()
 			n.orphans = append(n.orphans, plugins...)
 			n.mu.Unlock()
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
+			stopProcess(cmd.Process, done, 15*time.Second)
 		}
 	}
 	n.mu.Lock()

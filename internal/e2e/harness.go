@@ -266,17 +266,23 @@ func (v *Vault) Stop() {
 	if v == nil || v.cmd == nil || v.cmd.Process == nil {
 		return
 	}
+	stopProcess(v.cmd.Process, v.done, 15*time.Second)
+}
+
+// stopProcess ends a process this package started, by its pid: SIGTERM, then
+// SIGKILL after grace. done is closed once the process's Wait has returned.
+func stopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) {
 	select {
-	case <-v.done:
+	case <-done:
 		return
 	default:
 	}
-	_ = v.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.Signal(syscall.SIGTERM)
 	select {
-	case <-v.done:
-	case <-time.After(15 * time.Second):
-		_ = v.cmd.Process.Kill()
-		<-v.done
+	case <-done:
+	case <-time.After(grace):
+		_ = p.Kill()
+		<-done
 	}
 }
 
