@@ -149,13 +149,15 @@ func rejection(resp *http.Response, body []byte, secrets ...string) error {
 		return unknownFrom(resp, fmt.Sprintf("HTTP %d", resp.StatusCode))
 	}
 	desc, _ := optString(fields, "error_description") // not a string: treated as absent
+	// Short strings are left alone: redacting "d" would garble the text, and
+	// no secret that short is worth hiding (Ermeo's tokens have 86 characters).
 	for _, k := range []string{"access_token", "refresh_token"} {
-		if v, ok := optString(fields, k); ok {
+		if v, ok := optString(fields, k); ok && len(v) >= 8 {
 			secrets = append(secrets, v)
 		}
 	}
 	for _, secret := range secrets {
-		if secret != "" {
+		if len(secret) >= 4 {
 			code = strings.ReplaceAll(code, secret, "<redacted>")
 			desc = strings.ReplaceAll(desc, secret, "<redacted>")
 		}
