@@ -12,7 +12,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo cluster test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
+.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
 
 all: build
 
@@ -33,6 +33,13 @@ demo: build
 
 cluster:
 	scripts/cluster.sh
+
+# The benchmarks of a real Vault with the plugin, a null plugin and KV v2
+# (about 5 minutes; prints one table), then the in-process Go benchmarks.
+# Quicker: make bench BENCH_FLAGS="-duration 2s -scale 1,1000 -tick-window 0"
+bench:
+	go run ./internal/bench/cmd/bench $(BENCH_FLAGS)
+	go test -run '^$$' -bench . -benchmem . ./internal/ermeo | grep -v '^20[0-9][0-9]-'
 
 vet:
 	go vet ./...
