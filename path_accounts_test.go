@@ -42,14 +42,14 @@ func TestAccountReadShowsStatusNeverASecret(t *testing.T) {
 	e.createAccount("app", map[string]any{"store_password": true})
 	resp := e.must(logical.ReadOperation, "accounts/app", nil)
 	a := e.stored("app")
-	for _, k := range []string{"name", "username", "state", "password_stored", "generation", "access_token_expires_at",
+	for _, k := range []string{"name", "username", "state", "password_stored", "refresh_token_set", "generation", "access_token_expires_at",
 		"refresh_token_issued_at", "refresh_token_expires_at", "last_rotation", "last_error", "rotation_in_flight", "min_ttl", "rotation_period"} {
 		if _, ok := resp.Data[k]; !ok {
 			t.Errorf("account read lacks %s", k)
 		}
 	}
-	if resp.Data["password_stored"] != true {
-		t.Errorf("password_stored = %v", resp.Data["password_stored"])
+	if resp.Data["password_stored"] != true || resp.Data["refresh_token_set"] != true {
+		t.Errorf("password_stored = %v, refresh_token_set = %v", resp.Data["password_stored"], resp.Data["refresh_token_set"])
 	}
 	if resp.Data["refresh_token_expires_at"] != formatTime(e.clock.Now().Add(14*24*time.Hour)) {
 		t.Errorf("refresh_token_expires_at = %v", resp.Data["refresh_token_expires_at"])
