@@ -645,7 +645,13 @@ func (c *Cluster) Crash(i int) error {
 	if err := c.Kill(i); err != nil {
 		return err
 	}
-	n := c.Nodes[i]
+	c.Nodes[i].killOrphans()
+	return nil
+}
+
+// killOrphans ends the plugin processes that a kill of this node's vault left
+// behind, by pid.
+func (n *Node) killOrphans() {
 	n.mu.Lock()
 	orphans := n.orphans
 	n.orphans = nil
@@ -653,7 +659,6 @@ func (c *Cluster) Crash(i int) error {
 	for _, pid := range orphans {
 		killPluginProcess(pid)
 	}
-	return nil
 }
 
 // Restart starts node i again with the same config and data directory, and
@@ -703,13 +708,7 @@ func (n *Node) stop() {
 			stopProcess(cmd.Process, done, 15*time.Second)
 		}
 	}
-	n.mu.Lock()
-	orphans := n.orphans
-	n.orphans = nil
-	n.mu.Unlock()
-	for _, pid := range orphans {
-		killPluginProcess(pid)
-	}
+	n.killOrphans()
 }
 
 // killPluginProcess sends SIGKILL to pid if it still is a process of ours
