@@ -156,7 +156,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	case c.ClientSecret == "":
 		return logical.ErrorResponse("client_secret: required: the OAuth client secret of your Ermeo integration"), nil
 	}
-	if _, err := ermeo.New(clientConfig(c, nil)); err != nil {
+	if _, err := ermeo.New(clientConfig(c, b.httpClient)); err != nil {
 		return logical.ErrorResponse("api_url: %s", err), nil
 	}
 
