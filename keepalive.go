@@ -68,6 +68,12 @@ func (b *backend) reschedule(name string, a *accountEntry, cfg *configEntry) {
 	}
 }
 
+// retryNextTick schedules an account that keepAlive could not handle for the
+// next periodic tick.
+func (b *backend) retryNextTick(name string) {
+	_ = b.schedule.queue.Push(&queue.Item{Key: name, Priority: b.now().Add(time.Minute).Unix()})
+}
+
 func (b *backend) unschedule(name string) {
 	_, _ = b.schedule.queue.PopByKey(name)
 }
@@ -186,8 +192,7 @@ func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *conf
 	a, err := b.loadAccountLocked(ctx, req.Storage, name)
 	if err != nil {
 		b.Logger().Error("keep-alive could not read the account", "account", name, "error", err)
-		// Try again at the next tick.
-		_ = b.schedule.queue.Push(&queue.Item{Key: name, Priority: b.now().Add(time.Minute).Unix()})
+		b.retryNextTick(name)
 		return
 	}
 	if a == nil {
@@ -199,8 +204,7 @@ func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *conf
 	}
 	result, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name}, a)
 	if result == nil {
-		// Not rescheduled by the rotation: look again at the next tick.
-		_ = b.schedule.queue.Push(&queue.Item{Key: name, Priority: b.now().Add(time.Minute).Unix()})
+		b.retryNextTick(name) // the rotation did not reschedule it
 	}
 	if err != nil {
 		b.Logger().Warn("keep-alive rotation failed", "account", name, "error", err)
