@@ -62,6 +62,8 @@ type backend struct {
 	// every write; dropped by Invalidate when another node changes a key.
 	accounts sync.Map // name -> *accountEntry (never mutated once stored)
 	config   atomic.Pointer[cachedConfig]
+	// configMu serializes config writes and deletes (read-modify-writes).
+	configMu sync.Mutex
 
 	// metrics counts what the refresh protocol did (see metrics.go).
 	metrics *metrics
@@ -103,6 +105,56 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		RunningVersion: Version,
 	}
 	return b
+}
+
+// HandleRequest checks the type of every field the request carries before the
+// framework converts it (see checkFieldTypes): the framework's own conversion
+// error quotes the value, and Vault puts that error into the response, the
+// audit log and the server log, which must never see a secret.
+func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	if route := b.Route(req.Path); route != nil && takesFields(req.Operation) {
+		if msg := checkFieldTypes(route.Fields, req.Data); msg != "" {
+			return logical.ErrorResponse(msg), nil
+		}
+	}
+	return b.Backend.HandleRequest(ctx, req)
+}
+
+// HandleExistenceCheck runs before HandleRequest on every write (Vault asks
+// whether the write creates or updates) and converts the same fields: a field
+// of the wrong type is left out of it, so that its error is HandleRequest's
+// 400 and not Vault's "failed to run existence check", logged with the value.
+func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	if route := b.Route(req.Path); route != nil && len(req.Data) > 0 {
+		var clean map[string]any
+		for k, v := range req.Data {
+			if s, ok := route.Fields[k]; ok && checkFieldType(k, s, v) != "" {
+				if clean == nil {
+					clean = make(map[string]any, len(req.Data))
+					for k2, v2 := range req.Data {
+						clean[k2] = v2
+					}
+				}
+				delete(clean, k)
+			}
+		}
+		if clean != nil {
+			r := *req
+			r.Data = clean
+			req = &r
+		}
+	}
+	return b.Backend.HandleExistenceCheck(ctx, req)
+}
+
+// takesFields reports whether the framework converts a request's fields for op.
+func takesFields(op logical.Operation) bool {
+	switch op {
+	case logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation,
+		logical.ReadOperation, logical.DeleteOperation, logical.ListOperation:
+		return true
+	}
+	return false
 }
 
 // accountLock returns the lock that serializes everything done to one account.

@@ -2,6 +2,7 @@ package ermeosecrets
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -124,6 +125,10 @@ func (e *testEnv) requestCtx(ctx context.Context, op logical.Operation, path str
 		}
 	}
 	resp, err := e.b.HandleRequest(ctx, req)
+	if code, msg, ok := rawError(resp); ok {
+		// What a Vault client sees of it: an error with that status.
+		return nil, logical.CodedError(code, msg)
+	}
 	// Every answer is checked against the path's declared response schema
 	// (the one OpenAPI publishes), strictly: no undeclared field.
 	if err == nil && resp != nil && !resp.IsError() && op != logical.RevokeOperation {
@@ -132,6 +137,22 @@ func (e *testEnv) requestCtx(ctx context.Context, op logical.Operation, path str
 		}
 	}
 	return resp, err
+}
+
+// rawError reports whether resp is an error with a status of its own (see
+// errorResponse), and returns its status and message.
+func rawError(resp *logical.Response) (int, string, bool) {
+	if resp == nil || resp.Data == nil {
+		return 0, "", false
+	}
+	code, ok := resp.Data[logical.HTTPStatusCode].(int)
+	if !ok || code < 400 {
+		return 0, "", false
+	}
+	var body struct{ Errors []string }
+	raw, _ := resp.Data[logical.HTTPRawBody].(string)
+	_ = json.Unmarshal([]byte(raw), &body)
+	return code, strings.Join(body.Errors, "; "), true
 }
 
 // must fails the test unless the request succeeded without an error response.
@@ -148,6 +169,15 @@ func (e *testEnv) configure() {
 	e.t.Helper()
 	e.must(logical.UpdateOperation, "config", map[string]any{
 		"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret,
+	})
+}
+
+// configureUnchecked writes config without the credentials check, for tests
+// that count every request the fake sees.
+func (e *testEnv) configureUnchecked() {
+	e.t.Helper()
+	e.must(logical.UpdateOperation, "config", map[string]any{
+		"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret, "verify_connection": false,
 	})
 }
 

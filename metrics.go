@@ -39,6 +39,9 @@ type metrics struct {
 	// chainsLost counts chains found gone, by how: lost_in_flight (an
 	// earlier answer never arrived) or refused (invalid_grant at once).
 	chainsLost map[string]uint64
+	// passwordGrants counts password grants (account writes and re-bootstraps
+	// with a kept password) by outcome: success, rejected, unknown.
+	passwordGrants map[string]uint64
 	// chainsRecovered counts new chains started with a kept password.
 	chainsRecovered uint64
 	latencyCount    uint64
@@ -47,9 +50,12 @@ type metrics struct {
 }
 
 func newMetrics() *metrics {
+	// Every series exists from the start, at zero, so that a rate or an
+	// alert on it has data before the first event.
 	return &metrics{
-		refreshes:      map[string]uint64{},
-		chainsLost:     map[string]uint64{},
+		refreshes:      map[string]uint64{"success": 0, "rejected": 0, "chain_gone": 0, "unknown": 0},
+		chainsLost:     map[string]uint64{"lost_in_flight": 0, "refused": 0},
+		passwordGrants: map[string]uint64{"success": 0, "rejected": 0, "unknown": 0},
 		latencyBuckets: make([]uint64, len(refreshBuckets)),
 	}
 }
@@ -66,6 +72,12 @@ func (m *metrics) refresh(outcome string, took time.Duration) {
 			m.latencyBuckets[i]++
 		}
 	}
+}
+
+func (m *metrics) passwordGrant(outcome string) {
+	m.mu.Lock()
+	m.passwordGrants[outcome]++
+	m.mu.Unlock()
 }
 
 func (m *metrics) chainLost(how string) {
@@ -121,6 +133,7 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 	"refreshes":                           {Type: framework.TypeMap, Description: "Refresh grants by outcome."},
 	"chains_lost":                         {Type: framework.TypeMap, Description: "Chains found gone, by how."},
 	"chains_recovered":                    {Type: framework.TypeInt64, Description: "New chains started with a kept password."},
+	"password_grants":                     {Type: framework.TypeMap, Description: "Password grants (account writes, re-bootstraps) by outcome."},
 	"refresh_seconds_count":               {Type: framework.TypeInt64},
 	"refresh_seconds_sum":                 {Type: framework.TypeFloat},
 	"refresh_token_expires_in_seconds":    {Type: framework.TypeMap, Description: "Per account: seconds until its refresh token expires."},
@@ -130,6 +143,9 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if err := unknownFields(d); err != nil {
+		return logical.ErrorResponse(err.Error()), nil
+	}
 	format := d.Get("format").(string)
 	if format != "" && format != "json" && format != "prometheus" {
 		return logical.ErrorResponse("format: must be json or prometheus"), nil
@@ -148,9 +164,12 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 
 	m := b.metrics
 	m.mu.Lock()
-	refreshes, lost := map[string]any{}, map[string]any{}
+	refreshes, lost, grants := map[string]any{}, map[string]any{}, map[string]any{}
 	for k, v := range m.refreshes {
 		refreshes[k] = int64(v)
+	}
+	for k, v := range m.passwordGrants {
+		grants[k] = int64(v)
 	}
 	for k, v := range m.chainsLost {
 		lost[k] = int64(v)
@@ -164,6 +183,7 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 		"refreshes":                           refreshes,
 		"chains_lost":                         lost,
 		"chains_recovered":                    int64(m.chainsRecovered),
+		"password_grants":                     grants,
 		"refresh_seconds_count":               int64(m.latencyCount),
 		"refresh_seconds_sum":                 m.latencySum,
 		"refresh_seconds_bucket_upper_bounds": bounds,
@@ -203,6 +223,7 @@ func prometheusText(data map[string]any) string {
 		}
 	}
 	labeled("ermeo_refreshes_total", "Refresh grants sent to Ermeo, by outcome.", "counter", "outcome", data["refreshes"].(map[string]any))
+	labeled("ermeo_password_grants_total", "Password grants sent to Ermeo (account writes, re-bootstraps with a kept password), by outcome.", "counter", "outcome", data["password_grants"].(map[string]any))
 	labeled("ermeo_chains_lost_total", "Refresh chains found gone, by how.", "counter", "how", data["chains_lost"].(map[string]any))
 	fmt.Fprintf(&sb, "# HELP ermeo_chains_recovered_total New chains started with a kept password.\n# TYPE ermeo_chains_recovered_total counter\nermeo_chains_recovered_total %v\n", data["chains_recovered"])
 	fmt.Fprintf(&sb, "# HELP ermeo_refresh_duration_seconds Time of one refresh grant.\n# TYPE ermeo_refresh_duration_seconds histogram\n")
@@ -231,7 +252,9 @@ ermeo_refreshes_total{outcome}: refresh grants by outcome (success, rejected,
 chain_gone, unknown). ermeo_chains_lost_total{how}: chains found gone
 (lost_in_flight: an earlier answer never arrived; refused: Ermeo refused the
 token at once). ermeo_chains_recovered_total: new chains started with a kept
-password. ermeo_refresh_duration_seconds: histogram of refresh grants.
+password. ermeo_password_grants_total{outcome}: password grants (account
+writes, re-bootstraps) by outcome (success, rejected, unknown). Every series
+exists from the start, at zero. ermeo_refresh_duration_seconds: histogram of refresh grants.
 ermeo_refresh_token_expires_in_seconds{account}: seconds until each account's
 refresh token expires (alert well before 0). ermeo_accounts{state}.
 

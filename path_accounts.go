@@ -57,9 +57,13 @@ func pathAccounts(b *backend) []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{"name": accountNameField},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:  b.pathAccountRotate,
-					Summary:   "Rotate the account's refresh chain now.",
-					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+					Callback: b.pathAccountRotate,
+					// Writes go to the node that may write, before anything is
+					// sent to Ermeo (as the openldap engine declares).
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Rotate the account's refresh chain now.",
+					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 			},
 			HelpSynopsis:    pathAccountRotateHelpSyn,
@@ -116,19 +120,31 @@ func pathAccounts(b *backend) []*framework.Path {
 					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.CreateOperation: &framework.PathOperation{
-					Callback:  b.pathAccountWrite,
-					Summary:   "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
-					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+					Callback: b.pathAccountWrite,
+					// Writes go to the node that may write, before anything is
+					// sent to Ermeo (as the openldap engine declares).
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
+					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:  b.pathAccountWrite,
-					Summary:   "Change the account's settings, or restart its chain with a new password.",
-					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+					Callback: b.pathAccountWrite,
+					// Writes go to the node that may write, before anything is
+					// sent to Ermeo (as the openldap engine declares).
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Change the account's settings, or restart its chain with a new password.",
+					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback:  b.pathAccountDelete,
-					Summary:   "Forget the account, its refresh chain and any kept password.",
-					Responses: map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
+					Callback: b.pathAccountDelete,
+					// Writes go to the node that may write, before anything is
+					// sent to Ermeo (as the openldap engine declares).
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					Summary:                     "Forget the account, its refresh chain and any kept password.",
+					Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
 				},
 			},
 			HelpSynopsis:    pathAccountHelpSyn,
@@ -200,6 +216,8 @@ type accountRequest struct {
 	minTTL, rotationPeriod           time.Duration
 	hasMinTTL, hasRotationPeriod     bool
 	lease, hasLease                  bool
+	// trimmed are the credential fields whose trailing line ending was removed.
+	trimmed []string
 }
 
 func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
@@ -208,52 +226,128 @@ func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
 	}
 	r := &accountRequest{}
 	var err error
-	if r.username, r.hasUsername, err = stringField(d, "username"); err != nil {
-		return nil, err
+	var trimmed bool
+	credentials := []struct {
+		name  string
+		value *string
+		set   *bool
+	}{
+		{"username", &r.username, &r.hasUsername},
+		{"password", &r.password, &r.hasPassword},
+		{"refresh_token", &r.refreshToken, &r.hasRefreshToken},
+	}
+	for _, c := range credentials {
+		if *c.value, *c.set, trimmed, err = credentialField(d, c.name); err != nil {
+			return nil, err
+		}
+		if trimmed {
+			r.trimmed = append(r.trimmed, c.name)
+		}
 	}
 	r.username = strings.TrimSpace(r.username)
-	if r.hasUsername && r.username == "" {
+	r.refreshToken = strings.TrimSpace(r.refreshToken)
+	switch {
+	case r.hasUsername && r.username == "":
 		return nil, errors.New("username: must not be empty")
-	}
-	if r.password, r.hasPassword, err = stringField(d, "password"); err != nil {
-		return nil, err
-	}
-	if r.hasPassword && r.password == "" {
+	case r.hasPassword && r.password == "":
 		return nil, errors.New("password: must not be empty")
-	}
-	if r.refreshToken, r.hasRefreshToken, err = stringField(d, "refresh_token"); err != nil {
-		return nil, err
-	}
-	if r.hasRefreshToken && strings.TrimSpace(r.refreshToken) == "" {
+	case r.hasRefreshToken && r.refreshToken == "":
 		return nil, errors.New("refresh_token: must not be empty")
-	}
-	if r.hasPassword && r.hasRefreshToken {
+	case r.hasPassword && r.hasRefreshToken:
 		return nil, errors.New("password, refresh_token: give one or the other, not both")
 	}
-	raw, ok, err := d.GetOkErr("store_password")
-	if err != nil {
-		return nil, errors.New("store_password: must be true or false")
-	}
-	if ok {
-		r.storePassword, r.hasStorePassword = raw.(bool), true
-	}
-	raw, ok, err = d.GetOkErr("lease")
-	if err != nil {
-		return nil, errors.New("lease: must be true or false")
-	}
-	if ok {
-		r.lease, r.hasLease = raw.(bool), true
-	}
-	if r.minTTL, r.hasMinTTL, err = durationField(d, "min_ttl", minMinTTL, maxMinTTL); err != nil {
+	if r.storePassword, r.hasStorePassword, err = boolField(d, "store_password"); err != nil {
 		return nil, err
 	}
-	if r.rotationPeriod, r.hasRotationPeriod, err = durationField(d, "rotation_period", minRotationPeriod, maxRotationPeriod); err != nil {
+	if r.lease, r.hasLease, err = boolField(d, "lease"); err != nil {
+		return nil, err
+	}
+	if r.minTTL, r.hasMinTTL, err = durationField(d, "min_ttl", durationLimits["min_ttl"]); err != nil {
+		return nil, err
+	}
+	if r.rotationPeriod, r.hasRotationPeriod, err = durationField(d, "rotation_period", durationLimits["rotation_period"]); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
+// validate checks the request against the account as stored (nil when it is
+// new), and returns the 400's message, or "".
+func (r *accountRequest) validate(old *accountEntry, cfg *configEntry) string {
+	switch {
+	case old == nil && !r.hasUsername:
+		return "username: required to create an account"
+	case old == nil && !r.hasPassword && !r.hasRefreshToken:
+		return "password: required to create an account (or refresh_token, to adopt an existing chain)"
+	case old != nil && r.hasUsername && r.username != old.Username && !r.hasPassword && !r.hasRefreshToken:
+		return "username: changing it needs the new account's password too"
+	case r.hasStorePassword && r.storePassword && !r.hasPassword && (old == nil || !old.PasswordKept):
+		return "store_password: true needs the password in the same write"
+	}
+	if old != nil && !r.hasPassword && !r.hasRefreshToken {
+		// The chain stays: its token lifetime is known.
+		return minTTLError(r.settings(old), cfg, old.tokenLifetime())
+	}
+	return ""
+}
+
+// settings returns a copy of the account (a new one when a is nil) with the
+// request's settings applied; its chain is untouched.
+func (r *accountRequest) settings(a *accountEntry) *accountEntry {
+	next := &accountEntry{State: stateActive}
+	if a != nil {
+		c := *a
+		next = &c
+	}
+	if r.hasUsername {
+		next.Username = r.username
+	}
+	if r.hasMinTTL {
+		next.MinTTL = r.minTTL
+	}
+	if r.hasRotationPeriod {
+		next.RotationPeriod = r.rotationPeriod
+	}
+	if r.hasLease {
+		next.NoLease = !r.lease
+	}
+	return next
+}
+
+// keepPassword says whether the account keeps a password after the write.
+func (r *accountRequest) keepPassword(old *accountEntry) bool {
+	switch {
+	case r.hasStorePassword:
+		return r.storePassword
+	case r.hasPassword || r.hasRefreshToken:
+		// A new chain from a new secret: keep a password only if asked again.
+		return false
+	default:
+		return old != nil && old.PasswordKept
+	}
+}
+
+// minTTLError is the 400's message for an account whose min_ttl (its own, or
+// config's default) is at or above its access tokens' lifetime, which would
+// make every read refresh; "" when it is below, or the lifetime is unknown.
+func minTTLError(a *accountEntry, cfg *configEntry, lifetime time.Duration) string {
+	if lifetime <= 0 {
+		return ""
+	}
+	minTTL := effectiveMinTTL(a, cfg)
+	if minTTL < lifetime {
+		return ""
+	}
+	field := "min_ttl"
+	if a.MinTTL == 0 {
+		field = "default_min_ttl (in config)"
+	}
+	return fmt.Sprintf("%s: %s is at or above the account's access token lifetime (%s, from Ermeo's expires_in): every read would refresh the chain; give less than %s",
+		field, humanDuration(minTTL), humanDuration(lifetime), humanDuration(lifetime))
+}
+
 func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	// Read the request.
 	name := d.Get("name").(string)
 	if err := validateAccountName(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -267,136 +361,90 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	if cfg == nil {
-		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=... first", req.MountPoint), nil
+		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=- first", req.MountPoint), nil
+	}
+	if (r.hasPassword || r.hasRefreshToken) && !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
 	}
 
 	lock := b.accountLock(name)
 	lock.Lock()
 	defer lock.Unlock()
-
-	// Read.
 	old, err := b.loadAccountLocked(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 
 	// Validate.
-	switch {
-	case old == nil && !r.hasUsername:
-		return logical.ErrorResponse("username: required to create an account"), nil
-	case old == nil && !r.hasPassword && !r.hasRefreshToken:
-		return logical.ErrorResponse("password: required to create an account (or refresh_token, to adopt an existing chain)"), nil
-	case old != nil && r.hasUsername && r.username != old.Username && !r.hasPassword && !r.hasRefreshToken:
-		return logical.ErrorResponse("username: changing it needs the new account's password too"), nil
-	case r.hasStorePassword && r.storePassword && !r.hasPassword && (old == nil || !old.PasswordKept):
-		return logical.ErrorResponse("store_password: true needs the password in the same write"), nil
+	if msg := r.validate(old, cfg); msg != "" {
+		return logical.ErrorResponse(msg), nil
 	}
 
-	a := &accountEntry{State: stateActive}
-	if old != nil {
-		c := *old
-		a = &c
-	}
-	if r.hasUsername {
-		a.Username = r.username
-	}
-	if r.hasMinTTL {
-		a.MinTTL = r.minTTL
-	}
-	if r.hasRotationPeriod {
-		a.RotationPeriod = r.rotationPeriod
-	}
-	if r.hasLease {
-		a.NoLease = !r.lease
-	}
-	keepPassword := a.PasswordKept
-	if r.hasStorePassword {
-		keepPassword = r.storePassword
-	} else if r.hasPassword || r.hasRefreshToken {
-		// A new chain from a new secret: keep a password only if asked again.
-		keepPassword = false
-	}
-
-	// Act.
+	// Act: nothing stored changes until a new chain is in hand.
 	ctx = context.WithoutCancel(ctx)
-	resp := &logical.Response{}
+	rot := rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}
+	a := r.settings(old)
+	keep := r.keepPassword(old)
+	var next *accountEntry
 	switch {
 	case r.hasPassword:
-		client, err := b.client(cfg)
-		if err != nil {
-			return nil, err
-		}
-		pctx, cancel := upstreamContext(ctx, cfg)
-		tok, err := client.PasswordGrant(pctx, a.Username, r.password)
-		cancel()
-		if err != nil {
-			return grantErrorResponse("password", err)
-		}
-		b.startChain(a, tok)
-		a.PasswordKept = keepPassword
-		resp.Warnings = append(resp.Warnings, b.checkAccount(ctx, cfg, client, a)...)
-		// The chain first: a failure after this leaves a working account.
-		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
-			return nil, err
-		}
-		if keepPassword {
-			if err := savePassword(ctx, req.Storage, name, r.password); err != nil {
-				return nil, err
-			}
-		} else if err := deletePassword(ctx, req.Storage, name); err != nil {
-			return nil, err
-		}
-
+		next, err = b.startChainWithPasswordLocked(ctx, rot, a, r.password, keep)
 	case r.hasRefreshToken:
-		// Adopt: store the token, then spend it at once through the rotation
-		// protocol. That verifies it and tells us when its successor was issued.
-		a.RefreshToken = strings.TrimSpace(r.refreshToken)
-		a.RefreshTokenIssuedAt = time.Time{}
-		a.AccessToken, a.AccessTokenExpiresAt = "", time.Time{}
-		a.State, a.LastError, a.RotationIntent = stateActive, "", nil
-		a.PasswordKept = false
+		a.PasswordKept = keep
+		next, err = b.adoptLocked(ctx, rot, a, r.refreshToken)
+	default:
+		a.PasswordKept = keep
+		err = b.storeAccountLocked(ctx, req.Storage, name, a, false)
+		next = a
+	}
+	if err != nil {
+		return errorResponse(err)
+	}
+	if old != nil && old.PasswordKept && !keep {
 		if err := deletePassword(ctx, req.Storage, name); err != nil {
 			return nil, err
 		}
-		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
-			return nil, err
-		}
-		next, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
-		if err != nil {
-			var reauth *errNeedsReauth
-			if errors.As(err, &reauth) {
-				return logical.ErrorResponse("refresh_token: Ermeo refused it: %s", next.LastError), nil
-			}
-			return nil, err
-		}
-		a = next
-		client, err := b.client(cfg)
-		if err != nil {
-			return nil, err
-		}
-		if warnings := b.checkAccount(ctx, cfg, client, a); len(warnings) > 0 {
-			resp.Warnings = append(resp.Warnings, warnings...)
-		} else if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
-			return nil, err
-		}
-
-	default:
-		if !keepPassword && a.PasswordKept {
-			if err := deletePassword(ctx, req.Storage, name); err != nil {
-				return nil, err
-			}
-		}
-		a.PasswordKept = keepPassword
-		if err := b.storeAccountLocked(ctx, req.Storage, name, a, false); err != nil {
-			return nil, err
+	}
+	resp := &logical.Response{}
+	if r.hasRefreshToken {
+		// The adopted chain is stored whatever its lifetime: it is the only
+		// link there is. A min_ttl it makes too long is said, and the read
+		// guard (see accessToken) keeps it from refreshing on every read.
+		if msg := minTTLError(next, cfg, next.AccessTokenLifetime); msg != "" {
+			resp.AddWarning("the chain is adopted, but " + msg)
 		}
 	}
-
-	b.reschedule(name, a, cfg)
+	if r.hasPassword || r.hasRefreshToken {
+		resp.Warnings = append(resp.Warnings, b.checkAccountLocked(ctx, rot, next)...)
+	}
+	b.reschedule(name, next, cfg)
 
 	// Respond.
-	resp.Data = accountView(name, a, cfg)
+	if len(r.trimmed) > 0 {
+		resp.AddWarning(trimmedWarning(r.trimmed))
+	}
+	resp.Data = accountView(name, next, cfg)
 	return resp, nil
+}
+
+// checkAccountLocked checks a new chain with Ermeo's profile route and, when
+// that passes, stores whose account it is; a failed check is a warning.
+// Called with the account's lock held, after the chain is stored.
+func (b *backend) checkAccountLocked(ctx context.Context, r rotation, a *accountEntry) []string {
+	client, err := b.client(r.cfg)
+	if err != nil {
+		return []string{"the new refresh chain is stored, but its profile was not checked: " + err.Error()}
+	}
+	if warnings := b.checkAccount(ctx, r.cfg, client, a); len(warnings) > 0 {
+		return warnings
+	}
+	if r.cfg.SkipAccountCheck {
+		return nil
+	}
+	if err := b.storeAccountLocked(ctx, r.storage, r.name, a, true); err != nil {
+		return []string{"the new refresh chain is stored, but not whose account it is: " + err.Error()}
+	}
+	return nil
 }
 
 // checkAccount calls Ermeo's GET /api/v1/profile with a new chain's access
@@ -411,7 +459,7 @@ func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *er
 	profile, err := client.Profile(pctx, a.AccessToken)
 	cancel()
 	if err != nil {
-		return []string{"the new refresh chain is stored, but Ermeo's GET /api/v1/profile refused its access token: " + err.Error() +
+		return []string{"the new refresh chain is stored, but Ermeo's GET /api/v1/profile refused its access token: " + ermeo.Message(err) +
 			" (check api_url; set verify_accounts=false in config to skip this check)"}
 	}
 	a.ErmeoUserID, a.ErmeoEmail = "", ""
@@ -423,23 +471,6 @@ func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *er
 	}
 	a.CheckedAt = b.now()
 	return nil
-}
-
-// grantErrorResponse turns a failed grant into what the operator should see:
-// a 400 for what they can fix (credentials, config), a 502 for the network.
-func grantErrorResponse(field string, err error) (*logical.Response, error) {
-	var rejected *ermeo.RejectedError
-	if errors.As(err, &rejected) {
-		switch rejected.Code {
-		case "invalid_grant":
-			return logical.ErrorResponse("%s: Ermeo refused the username and password: %s", field, rejected.Error()), nil
-		case "invalid_client", "unauthorized_client":
-			return logical.ErrorResponse("client_id, client_secret (in config): Ermeo refused the client: %s", rejected.Error()), nil
-		default:
-			return logical.ErrorResponse("Ermeo refused the grant: %s", rejected.Error()), nil
-		}
-	}
-	return nil, logical.CodedError(http.StatusBadGateway, "Ermeo did not answer the grant: "+err.Error())
 }
 
 func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -466,7 +497,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 		return nil, err
 	}
 	if cfg == nil {
-		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=... first", req.MountPoint), nil
+		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=- first", req.MountPoint), nil
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
@@ -477,16 +508,15 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	defer lock.Unlock()
 
 	a, err := b.loadAccountLocked(ctx, req.Storage, name)
-	if err != nil || a == nil {
+	if err != nil {
 		return nil, err
+	}
+	if a == nil {
+		return errorResponse(&statusError{code: http.StatusNotFound, msg: fmt.Sprintf("account %q not found: create it with vault write %saccounts/%s username=... password=-", name, req.MountPoint, name)})
 	}
 	next, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
 	if err != nil {
-		var reauth *errNeedsReauth
-		if errors.As(err, &reauth) {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		return nil, err
+		return errorResponse(err)
 	}
 	return &logical.Response{Data: accountView(name, next, cfg)}, nil
 }
@@ -516,6 +546,20 @@ func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any 
 		"ermeo_user_id":            a.ErmeoUserID,
 		"ermeo_email":              a.ErmeoEmail,
 		"checked_at":               formatTime(a.CheckedAt),
+	}
+}
+
+// tokenLifetime is the lifetime of the account's access token, from the
+// expires_in of the grant that issued it (0 when unknown).
+func (a *accountEntry) tokenLifetime() time.Duration {
+	switch {
+	case a.AccessTokenLifetime > 0:
+		return a.AccessTokenLifetime
+	case a.AccessToken != "" && a.AccessTokenExpiresAt.After(a.LastRotation) && !a.LastRotation.IsZero():
+		// Entries written before the lifetime was recorded.
+		return a.AccessTokenExpiresAt.Sub(a.LastRotation)
+	default:
+		return 0
 	}
 }
 

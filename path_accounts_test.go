@@ -15,7 +15,7 @@ import (
 
 func TestAccountCreateRunsOnePasswordGrantAndForgetsThePassword(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
-	e.configure()
+	e.configureUnchecked()
 	resp := e.must(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	if resp.Data["state"] != stateActive || resp.Data["password_stored"] != false || resp.Data["generation"] != int64(1) {
 		t.Fatalf("account write: %v", resp.Data)
@@ -114,7 +114,7 @@ func TestAccountPasswordWriteRestartsTheChain(t *testing.T) {
 
 func TestAccountBadInput(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
-	e.configure()
+	e.configureUnchecked()
 	cases := []struct {
 		name, path string
 		data       map[string]any
@@ -183,7 +183,7 @@ func TestAccountWrongPasswordIsA400AndNothingStored(t *testing.T) {
 
 func TestAccountWrongClientSecretNamesTheConfig(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
-	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": "wrong"})
+	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": "wrong", "verify_connection": false})
 	resp, err := e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "client_secret") {
 		t.Fatalf("want a 400 naming client_secret, got %v %v", resp, err)
@@ -192,8 +192,13 @@ func TestAccountWrongClientSecretNamesTheConfig(t *testing.T) {
 
 func TestAccountFormBodyAgainstAServerThatRefusesJSON(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{RefuseJSON: true})
-	e.configure()
-	resp, err := e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	// The config write's credentials check finds it first.
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "body_format=form") {
+		t.Fatalf("want the config write refused with a 400 suggesting body_format=form, got %v %v", resp, err)
+	}
+	e.configureUnchecked()
+	resp, err = e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "body_format=form") {
 		t.Fatalf("want a 400 suggesting body_format=form, got %v %v", resp, err)
 	}

@@ -3,6 +3,7 @@ package ermeosecrets
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -45,6 +46,11 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeString,
 				Description: "PEM bundle of the CA certificates to trust for api_url, instead of the system's. TLS verification is always on; there is no option to skip it.",
 			},
+			"verify_connection": {
+				Type:        framework.TypeBool,
+				Description: "Check the client credentials with Ermeo when config is written: a refresh grant with a refresh token that cannot exist, which Ermeo answers invalid_client for bad credentials and invalid_grant for good ones, spending nothing. Turn off for air-gapped setups.",
+				Default:     true,
+			},
 			"verify_accounts": {
 				Type:        framework.TypeBool,
 				Description: "Check each new account's chain with Ermeo's GET /api/v1/profile and record whose account it is. Turn off where only the token endpoint is reachable.",
@@ -74,19 +80,31 @@ func pathConfig(b *backend) []*framework.Path {
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: configResponseFields}}},
 			},
 			logical.CreateOperation: &framework.PathOperation{
-				Callback:  b.pathConfigWrite,
-				Summary:   "Configure the Ermeo connection.",
-				Responses: map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
+				Callback: b.pathConfigWrite,
+				// Writes go to the node that may write, before anything is
+				// sent to Ermeo (as the openldap engine declares).
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Configure the Ermeo connection.",
+				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
 			},
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback:  b.pathConfigWrite,
-				Summary:   "Change the Ermeo connection; fields left out keep their value.",
-				Responses: map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
+				Callback: b.pathConfigWrite,
+				// Writes go to the node that may write, before anything is
+				// sent to Ermeo (as the openldap engine declares).
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Change the Ermeo connection; fields left out keep their value.",
+				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
 			},
 			logical.DeleteOperation: &framework.PathOperation{
-				Callback:  b.pathConfigDelete,
-				Summary:   "Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.",
-				Responses: map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
+				Callback: b.pathConfigDelete,
+				// Writes go to the node that may write, before anything is
+				// sent to Ermeo (as the openldap engine declares).
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Summary:                     "Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.",
+				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
 			},
 		},
 		HelpSynopsis:    pathConfigHelpSyn,
@@ -100,6 +118,8 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"client_secret_set":       {Type: framework.TypeBool, Required: true, Description: "Whether a client secret is stored (its value is never returned)."},
 	"body_format":             {Type: framework.TypeString, Required: true},
 	"verify_accounts":         {Type: framework.TypeBool, Required: true},
+	"verify_connection":       {Type: framework.TypeBool, Required: true},
+	"credentials_checked_at":  {Type: framework.TypeString, Required: true, Description: "When Ermeo last accepted the client credentials (RFC 3339), or empty if they were not checked."},
 	"ca_certificate":          {Type: framework.TypeString, Required: true, Description: "The CA bundle trusted for api_url (public certificates), or empty for the system's."},
 	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true},
 	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true},
@@ -123,6 +143,8 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"body_format":             c.BodyFormat,
 		"ca_certificate":          c.CACertificate,
 		"verify_accounts":         !c.SkipAccountCheck,
+		"verify_connection":       !c.SkipConnectionCheck,
+		"credentials_checked_at":  formatTime(c.CredentialsCheckedAt),
 		"request_timeout":         int64(c.RequestTimeout.Seconds()),
 		"default_min_ttl":         int64(c.DefaultMinTTL.Seconds()),
 		"default_rotation_period": int64(c.DefaultRotationPeriod.Seconds()),
@@ -130,6 +152,10 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	// One config write at a time: each is a read-modify-write.
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+
 	// Read.
 	old, err := loadConfig(ctx, req.Storage)
 	if err != nil {
@@ -147,7 +173,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 
 	// Validate.
-	if err := parseConfigFields(d, c); err != nil {
+	trimmed, err := parseConfigFields(d, c)
+	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
 	switch {
@@ -159,96 +186,201 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if _, err := ermeo.New(clientConfig(c, b.httpClient)); err != nil {
 		return logical.ErrorResponse("api_url: %s", err), nil
 	}
+	if msg, err := b.defaultMinTTLError(ctx, req.Storage, c); err != nil {
+		return nil, err
+	} else if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 
-	// Act.
+	// Act: prove the credentials before they replace the stored ones.
+	if old == nil || connectionChanged(old, c) {
+		c.CredentialsCheckedAt = time.Time{}
+	}
+	if !c.SkipConnectionCheck && c.CredentialsCheckedAt.IsZero() {
+		if err := b.checkCredentials(ctx, c); err != nil {
+			return errorResponse(err)
+		}
+		c.CredentialsCheckedAt = b.now()
+	}
 	if err := saveConfig(ctx, req.Storage, c); err != nil {
 		return nil, err
 	}
 	b.cacheConfig(c)
 	b.rescheduleAll()
-	var resp *logical.Response
+
+	// Respond.
+	resp := &logical.Response{}
+	if len(trimmed) > 0 {
+		resp.AddWarning(trimmedWarning(trimmed))
+	}
 	if !strings.Contains(c.ClientID, "_") {
-		resp = &logical.Response{}
 		resp.AddWarning("client_id has no '_': Ermeo's client ids have the form <number>_<random>, and the server rejects others as invalid_client")
+	}
+	if len(resp.Warnings) == 0 {
+		return nil, nil
 	}
 	return resp, nil
 }
 
-// parseConfigFields copies the fields present in the request onto c.
-func parseConfigFields(d *framework.FieldData, c *configEntry) error {
-	if err := unknownFields(d); err != nil {
-		return err
+// connectionChanged reports whether the fields that decide how Ermeo is
+// reached, and as whom, differ between a and b.
+func connectionChanged(a, b *configEntry) bool {
+	return a.APIURL != b.APIURL || a.ClientID != b.ClientID || a.ClientSecret != b.ClientSecret ||
+		a.BodyFormat != b.BodyFormat || a.CACertificate != b.CACertificate
+}
+
+// credentialsCheckToken is the refresh token of the credentials check: one
+// that cannot exist at Ermeo (its tokens are letters and digits only).
+const credentialsCheckToken = "vault-plugin-secrets-ermeo-credentials-check"
+
+// checkCredentials asks Ermeo whether it accepts c's client credentials: a
+// refresh grant with a refresh token that cannot exist. The server checks the
+// client before the grant, so invalid_client means bad credentials and
+// invalid_grant means good ones; nothing is spent either way.
+func (b *backend) checkCredentials(ctx context.Context, c *configEntry) error {
+	client, err := b.client(c)
+	if err != nil {
+		return &statusError{code: http.StatusBadRequest, msg: err.Error()}
 	}
+	cctx, cancel := upstreamContext(ctx, c)
+	defer cancel()
+	_, err = client.RefreshGrant(cctx, credentialsCheckToken)
+	var rejected *ermeo.RejectedError
+	const skip = " (set verify_connection=false to write config without this check)"
+	switch {
+	case err == nil:
+		return badGateway("Ermeo answered the credentials check with a token for a refresh token that cannot exist: check api_url" + skip)
+	case errors.As(err, &rejected) && rejected.ChainGone():
+		return nil
+	case errors.As(err, &rejected) && (rejected.Code == "invalid_client" || rejected.Code == "unauthorized_client"):
+		return &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret: Ermeo refused the client credentials: " + rejected.Message() + skip}
+	case errors.As(err, &rejected):
+		return &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the credentials check: " + rejected.Message() + skip}
+	default:
+		return badGateway("Ermeo did not answer the credentials check at %s: %s%s", c.APIURL, ermeo.Message(err), skip)
+	}
+}
+
+// defaultMinTTLError is the 400's message for a default_min_ttl at or above
+// the token lifetime of an account that uses it; "" when there is none.
+func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *configEntry) (string, error) {
+	names, err := listAccounts(ctx, s)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range names {
+		a, err := b.loadAccountCached(ctx, s, name)
+		if err != nil {
+			return "", err
+		}
+		if a == nil || a.MinTTL > 0 {
+			continue
+		}
+		if msg := minTTLError(a, c, a.tokenLifetime()); msg != "" {
+			return fmt.Sprintf("default_min_ttl: account %q uses it, and %s", name, strings.TrimPrefix(msg, "default_min_ttl (in config): ")), nil
+		}
+	}
+	return "", nil
+}
+
+// parseConfigFields copies the fields present in the request onto c, and
+// returns the credential fields whose trailing line ending it removed.
+func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error) {
+	if err := unknownFields(d); err != nil {
+		return nil, err
+	}
+	var trimmedFields []string
 	if v, ok, err := stringField(d, "api_url"); err != nil {
-		return err
+		return nil, err
 	} else if ok {
-		v = strings.TrimRight(strings.TrimSpace(v), "/")
+		v = strings.TrimRight(v, "/")
 		if err := validateAPIURL(v); err != nil {
-			return err
+			return nil, err
 		}
 		c.APIURL = v
 	}
-	if v, ok, err := stringField(d, "client_id"); err != nil {
-		return err
+	if v, ok, trimmed, err := credentialField(d, "client_id"); err != nil {
+		return nil, err
 	} else if ok {
+		if trimmed {
+			trimmedFields = append(trimmedFields, "client_id")
+		}
 		if strings.TrimSpace(v) == "" {
-			return errors.New("client_id: must not be empty")
+			return nil, errors.New("client_id: must not be empty")
 		}
 		c.ClientID = strings.TrimSpace(v)
 	}
-	if v, ok, err := stringField(d, "client_secret"); err != nil {
-		return err
+	if v, ok, trimmed, err := credentialField(d, "client_secret"); err != nil {
+		return nil, err
 	} else if ok {
+		if trimmed {
+			trimmedFields = append(trimmedFields, "client_secret")
+		}
 		if v == "" {
-			return errors.New("client_secret: must not be empty")
+			return nil, errors.New("client_secret: must not be empty")
 		}
 		c.ClientSecret = v
 	}
 	if v, ok, err := stringField(d, "body_format"); err != nil {
-		return err
+		return nil, err
 	} else if ok {
 		if v != string(ermeo.BodyJSON) && v != string(ermeo.BodyForm) {
-			return errors.New("body_format: must be json or form")
+			return nil, fmt.Errorf("body_format: must be json or form (got %s)", describe(v))
 		}
 		c.BodyFormat = v
 	}
-	if raw, ok, err := d.GetOkErr("verify_accounts"); err != nil {
-		return errors.New("verify_accounts: must be true or false")
+	if v, ok, err := boolField(d, "verify_accounts"); err != nil {
+		return nil, err
 	} else if ok {
-		c.SkipAccountCheck = !raw.(bool)
+		c.SkipAccountCheck = !v
+	}
+	if v, ok, err := boolField(d, "verify_connection"); err != nil {
+		return nil, err
+	} else if ok {
+		c.SkipConnectionCheck = !v
 	}
 	if v, ok, err := caCertificateField(d); err != nil {
-		return err
+		return nil, err
 	} else if ok {
 		c.CACertificate = v
 	}
 	durations := []struct {
-		name     string
-		min, max time.Duration
-		dst      *time.Duration
+		name string
+		dst  *time.Duration
 	}{
-		{"request_timeout", minRequestTimeout, maxRequestTimeout, &c.RequestTimeout},
-		{"default_min_ttl", minMinTTL, maxMinTTL, &c.DefaultMinTTL},
-		{"default_rotation_period", minRotationPeriod, maxRotationPeriod, &c.DefaultRotationPeriod},
+		{"request_timeout", &c.RequestTimeout},
+		{"default_min_ttl", &c.DefaultMinTTL},
+		{"default_rotation_period", &c.DefaultRotationPeriod},
 	}
 	for _, f := range durations {
-		v, ok, err := durationField(d, f.name, f.min, f.max)
+		v, ok, err := durationField(d, f.name, durationLimits[f.name])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if ok {
 			*f.dst = v
 		}
 	}
-	return nil
+	return trimmedFields, nil
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	names, err := listAccounts(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
 	if err := deleteConfig(ctx, req.Storage); err != nil {
 		return nil, err
 	}
 	b.cacheConfig(nil)
-	return nil, nil
+	if len(names) == 0 {
+		return nil, nil
+	}
+	resp := &logical.Response{}
+	resp.AddWarning(fmt.Sprintf("config deleted: the %d account(s) of this mount keep their chains but cannot refresh them until config is written again; an idle chain dies 2 weeks after its last rotation", len(names)))
+	return resp, nil
 }
 
 // caCertificateField returns the ca_certificate field, checked to be PEM;

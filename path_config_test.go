@@ -52,7 +52,7 @@ func TestConfigUpdateKeepsFieldsLeftOut(t *testing.T) {
 func TestConfigTrailingSlashAndLoopback(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	for _, u := range []string{"https://api.ermeo.com/", "https://api-v2.ermeo.com", "http://127.0.0.1:8200", "http://localhost:1", "http://[::1]:80/"} {
-		e.must(logical.UpdateOperation, "config", map[string]any{"api_url": u, "client_id": testClientID, "client_secret": "s"})
+		e.must(logical.UpdateOperation, "config", map[string]any{"api_url": u, "client_id": testClientID, "client_secret": "s", "verify_connection": false})
 		c, _ := loadConfig(t.Context(), e.storage)
 		if strings.HasSuffix(c.APIURL, "/") {
 			t.Errorf("api_url %q stored with a trailing slash", u)
@@ -131,7 +131,7 @@ func TestConfigDelete(t *testing.T) {
 
 func TestConfigWarnsAboutAClientIDWithoutUnderscore(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
-	resp := e.must(logical.UpdateOperation, "config", map[string]any{"client_id": "12345", "client_secret": "s"})
+	resp := e.must(logical.UpdateOperation, "config", map[string]any{"client_id": "12345", "client_secret": "s", "verify_connection": false})
 	if resp == nil || len(resp.Warnings) == 0 {
 		t.Fatalf("want a warning, got %v", resp)
 	}
@@ -147,8 +147,15 @@ func TestTLSIsVerifiedAndACABundleCanBeGiven(t *testing.T) {
 	// certificate it cannot verify.
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.b.httpClient = defaultHTTPClient()
-	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": srv.URL, "client_id": testClientID, "client_secret": testClientSecret})
-	_, err := e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	_, err := e.request(logical.UpdateOperation, "config", map[string]any{"api_url": srv.URL, "client_id": testClientID, "client_secret": testClientSecret})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("an unverifiable certificate must be refused by the credentials check, got %v", err)
+	}
+	if c, _ := loadConfig(t.Context(), e.storage); c != nil {
+		t.Fatalf("a refused config was stored")
+	}
+	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": srv.URL, "client_id": testClientID, "client_secret": testClientSecret, "verify_connection": false})
+	_, err = e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("an unverifiable certificate must be refused, got %v", err)
 	}
@@ -156,7 +163,7 @@ func TestTLSIsVerifiedAndACABundleCanBeGiven(t *testing.T) {
 		t.Fatalf("the request reached the server despite its certificate")
 	}
 
-	e.must(logical.UpdateOperation, "config", map[string]any{"ca_certificate": caPEM})
+	e.must(logical.UpdateOperation, "config", map[string]any{"ca_certificate": caPEM, "verify_connection": true})
 	e.createAccount("app", nil)
 	if !fake.AccessTokenValid(e.creds("app").Data["access_token"].(string)) {
 		t.Errorf("with the CA bundle: token not valid")

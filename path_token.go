@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -62,11 +63,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	}
 	a, cfg, warnings, err := b.accessToken(ctx, req.Storage, req.MountPoint, name)
 	if err != nil {
-		var reauth *errNeedsReauth
-		if errors.As(err, &reauth) {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		return nil, err
+		return errorResponse(err)
 	}
 	if a == nil {
 		return nil, nil
@@ -88,7 +85,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 		// which Agent ignores the ttl (consul-template's leaseCheckWait).
 		// Agent comes back 1s after the ttl, hence the second less.
 		data["ttl"] = int64(max(ttl-time.Second, time.Second).Seconds())
-		data["rotation_period"] = int64(a.AccessTokenExpiresAt.Sub(a.LastRotation).Seconds())
+		data["rotation_period"] = int64(a.tokenLifetime().Seconds())
 		resp = &logical.Response{Data: data}
 	} else {
 		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})
@@ -137,6 +134,9 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	if b.hasLife(a, effectiveMinTTL(a, cfg)) {
 		return a, cfg, b.stateWarnings(a, mount, name), nil
 	}
+	if w := b.youngTokenWarning(a, cfg); w != "" {
+		return a, cfg, append(b.stateWarnings(a, mount, name), w), nil
+	}
 	if !b.WriteSafeReplicationState() {
 		return nil, cfg, nil, logical.ErrReadOnly
 	}
@@ -164,6 +164,24 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return b.serveStale(next, cfg, err)
 	}
 	return next, cfg, nil, nil
+}
+
+// youngTokenWarning guards against a min_ttl that asks for more life than a
+// token can have: a read never spends a refresh on an access token younger
+// than half its lifetime (only an operator's rotate does). For such a token
+// it returns the warning to serve it with, naming the setting; otherwise "".
+func (b *backend) youngTokenWarning(a *accountEntry, cfg *configEntry) string {
+	lifetime := a.tokenLifetime()
+	if lifetime <= 0 || a.AccessToken == "" || a.AccessTokenExpiresAt.Sub(b.now()) <= lifetime/2 {
+		return ""
+	}
+	field := "the account's min_ttl"
+	if a.MinTTL == 0 {
+		field = "config's default_min_ttl"
+	}
+	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
+	return fmt.Sprintf("not refreshing: this access token has %s left of its %s, but %s (%s) asks for more; a read refreshes only tokens past half their life: set %s below %s",
+		humanDuration(left), humanDuration(lifetime), field, humanDuration(effectiveMinTTL(a, cfg)), strings.TrimPrefix(strings.TrimPrefix(field, "the account's "), "config's "), humanDuration(lifetime/2))
 }
 
 // serveStale serves an access token that could not be refreshed, with a

@@ -2,6 +2,7 @@ package ermeosecrets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -41,8 +42,49 @@ type errNeedsReauth struct {
 }
 
 func (e *errNeedsReauth) Error() string {
-	return fmt.Sprintf("account %q needs re-authentication: %s. Run: vault write %saccounts/%s password=<the Ermeo password of this account>",
+	return fmt.Sprintf("account %q needs re-authentication: %s. Run: vault write %saccounts/%s password=- (and type the account's Ermeo password on standard input, so that it stays out of your shell history)",
 		e.name, e.reason, e.mount, e.name)
+}
+
+// statusError is a failure that the caller sees with its own HTTP status and
+// message: a 502 when Ermeo did not answer, a 404 for an account that is not
+// there. See errorResponse.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
+
+func badGateway(format string, args ...any) error {
+	return &statusError{code: http.StatusBadGateway, msg: fmt.Sprintf(format, args...)}
+}
+
+// errorResponse turns a handler's error into what the caller sees: a 400 for
+// what an operator can fix, a status of its own (with Vault's {"errors": [...]}
+// body, without the "1 error occurred" wrapping Vault gives coded errors), or
+// the error itself (a 500, or logical.ErrReadOnly, which Vault forwards).
+func errorResponse(err error) (*logical.Response, error) {
+	var reauth *errNeedsReauth
+	var se *statusError
+	switch {
+	case errors.As(err, &reauth):
+		return logical.ErrorResponse(err.Error()), nil
+	case errors.As(err, &se) && se.code == http.StatusBadRequest:
+		return logical.ErrorResponse(se.msg), nil
+	case errors.As(err, &se):
+		body, jerr := json.Marshal(map[string][]string{"errors": {se.msg}})
+		if jerr != nil {
+			return nil, err
+		}
+		return &logical.Response{Data: map[string]any{
+			logical.HTTPStatusCode:  se.code,
+			logical.HTTPContentType: "application/json",
+			logical.HTTPRawBody:     string(body),
+		}}, nil
+	default:
+		return nil, err
+	}
 }
 
 // unsavedAccount returns a copy of a refreshed pair that could not be
@@ -151,17 +193,21 @@ func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
 	return ermeo.New(clientConfig(cfg, hc))
 }
 
-// startChain records a new chain from a grant's answer onto a.
-func (b *backend) startChain(a *accountEntry, tok *ermeo.Token) {
-	now := b.now()
+// startChain records a new link of the chain from a grant's answer onto a.
+// Both tokens' lives are counted from sentAt, when the grant's request was
+// sent: Ermeo's clock started when it issued them, which is at the earliest
+// then, and an answer can take up to request_timeout to arrive. Counting from
+// the answer would overstate their life by that much.
+func (b *backend) startChain(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
 	a.AccessToken = tok.AccessToken
-	a.AccessTokenExpiresAt = now.Add(tok.ExpiresIn)
+	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
+	a.AccessTokenLifetime = tok.ExpiresIn
 	if tok.RefreshToken != "" {
 		a.RefreshToken = tok.RefreshToken
-		a.RefreshTokenIssuedAt = now
+		a.RefreshTokenIssuedAt = sentAt
 	}
 	a.Generation++
-	a.LastRotation = now
+	a.LastRotation = b.now()
 	a.LastError = ""
 	a.State = stateActive
 	a.RotationIntent = nil
@@ -259,7 +305,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		return a, &errNeedsReauth{mount: r.mount, name: name, reason: a.LastError}
 	}
 	if !r.force && b.now().Before(a.NextAttemptAt) {
-		return a, logical.CodedError(http.StatusBadGateway, (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
+		return a, badGateway("%s", (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
 	}
 	if a.State == stateNeedsReauth || a.RefreshToken == "" {
 		return b.rebootstrapLocked(ctx, r, client, a, "the account has no usable refresh chain")
@@ -283,7 +329,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 
 	// 3. The refresh, detached from the caller.
 	rctx, cancel := upstreamContext(ctx, r.cfg)
-	sent := time.Now()
+	sentAt, sent := b.now(), time.Now()
 	tok, err := client.RefreshGrant(rctx, a.RefreshToken)
 	took := time.Since(sent)
 	cancel()
@@ -295,7 +341,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	var rejected *ermeo.RejectedError
 	switch {
 	case err == nil:
-		b.startChain(&next, tok)
+		b.startChain(&next, tok, sentAt)
 		if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
 			return &next, err
 		}
@@ -309,9 +355,9 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 
 	case errors.As(err, &rejected) && rejected.ChainGone():
 		lostToNetwork := intent.Attempts > 1
-		reason := fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected.Error())
+		reason := fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected.Message())
 		if lostToNetwork {
-			reason = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected.Error())
+			reason = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected.Message())
 		}
 		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", lostToNetwork)
 		b.metrics.refresh("chain_gone", took)
@@ -335,13 +381,13 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		// invalid_client, unauthorized_client, invalid_request: the server
 		// checks these before it looks at the refresh token, which is unspent.
 		next.RotationIntent = nil
-		next.LastError = "refresh rejected: " + rejected.Error()
+		next.LastError = "Ermeo rejected the refresh request: " + rejected.Message()
 		b.metrics.refresh("rejected", took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", rejected.Code)
 		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
 		}
-		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo rejected the refresh request: "+rejected.Error()+"; check "+r.mount+"config")
+		return &next, badGateway("%s; the refresh token was not spent; check %sconfig", next.LastError, r.mount)
 
 	default:
 		// Outcome unknown: the refresh token may have been spent. Keep the
@@ -354,13 +400,13 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		next.NextAttemptAt = b.now().Add(backoffFor(intent.Attempts, retryAfter))
 		b.metrics.refresh("unknown", took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", "outcome_unknown")
-		next.LastError = "refresh outcome unknown: " + err.Error()
+		next.LastError = "Ermeo did not answer the refresh: " + ermeo.Message(err)
 		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
 		}
 		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation,
 			"attempts", intent.Attempts, "next_attempt_at", next.NextAttemptAt, "error", err)
-		return &next, logical.CodedError(http.StatusBadGateway, "Ermeo did not answer the refresh ("+err.Error()+"); the stored refresh token may be spent; the next attempt, from "+formatTime(next.NextAttemptAt)+", finds out")
+		return &next, badGateway("%s; the stored refresh token may be spent; the next attempt, from %s, finds out", next.LastError, formatTime(next.NextAttemptAt))
 	}
 }
 
@@ -378,11 +424,9 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		}
 	}
 	if password != "" {
-		pctx, cancel := upstreamContext(ctx, r.cfg)
-		tok, err := client.PasswordGrant(pctx, a.Username, password)
-		cancel()
+		tok, sentAt, err := b.passwordGrant(ctx, r.cfg, client, a.Username, password)
 		if err == nil {
-			b.startChain(&next, tok)
+			b.startChain(&next, tok, sentAt)
 			if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
 				return &next, err
 			}
@@ -393,13 +437,13 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		}
 		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
 			next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
-			next.LastError = reason + "; the password grant with the kept password got no answer: " + err.Error()
+			next.LastError = reason + "; the password grant with the kept password got no answer: " + ermeo.Message(err)
 			if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
 				return &next, serr
 			}
-			return &next, logical.CodedError(http.StatusBadGateway, next.LastError)
+			return &next, badGateway("%s", next.LastError)
 		}
-		reason += "; the kept password was refused too (" + err.Error() + ")"
+		reason += "; the kept password was refused too (" + ermeo.Message(err) + ")"
 	}
 	next.State = stateNeedsReauth
 	next.RefreshToken = ""
@@ -409,4 +453,139 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		return &next, err
 	}
 	return &next, &errNeedsReauth{mount: r.mount, name: name, reason: reason}
+}
+
+// passwordGrant runs Ermeo's password grant, detached from the caller and
+// bounded by request_timeout, and counts its outcome. It returns when the
+// request was sent, from which the new tokens' lives are counted.
+func (b *backend) passwordGrant(ctx context.Context, cfg *configEntry, client *ermeo.Client, username, password string) (*ermeo.Token, time.Time, error) {
+	pctx, cancel := upstreamContext(ctx, cfg)
+	defer cancel()
+	sentAt := b.now()
+	tok, err := client.PasswordGrant(pctx, username, password)
+	b.metrics.passwordGrant(ermeo.OutcomeOf(err).String())
+	return tok, sentAt, err
+}
+
+// grantError turns a failed password grant or adoption into what the
+// operator sees: a 400 naming what they can fix, or a 502 when Ermeo did not
+// answer. field is the request's field that Ermeo refused (password or
+// refresh_token).
+func grantError(field string, err error) error {
+	var rejected *ermeo.RejectedError
+	if errors.As(err, &rejected) {
+		switch {
+		case rejected.Code == "invalid_client" || rejected.Code == "unauthorized_client":
+			return &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret (in config): Ermeo refused the client: " + rejected.Message()}
+		case rejected.Code == "invalid_grant" && field == "password":
+			return &statusError{code: http.StatusBadRequest, msg: "password: Ermeo refused the username and password: " + rejected.Message()}
+		case rejected.Code == "invalid_grant":
+			return &statusError{code: http.StatusBadRequest, msg: field + ": Ermeo refused it: " + rejected.Message()}
+		default:
+			return &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the grant: " + rejected.Message()}
+		}
+	}
+	return badGateway("Ermeo did not answer the grant: %s", ermeo.Message(err))
+}
+
+// adoptLocked spends a refresh token that an operator gave (a chain they
+// already hold) for a new pair, and stores it as the account's chain: a
+// onto which the pair is recorded is the account as the write wants it.
+// Nothing stored changes until the new pair is in hand: a refused token
+// (invalid_grant), a refused client or a refresh that got no answer leave the
+// account's current chain, access token, kept password and schedule exactly
+// as they were. The given token is not the stored one, so no intent record is
+// needed: if the answer is lost, only the token given is lost, and the error
+// says so. Called with the account's lock held.
+func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, refreshToken string) (*accountEntry, error) {
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
+	}
+	ctx = context.WithoutCancel(ctx)
+	client, err := b.client(r.cfg)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := upstreamContext(ctx, r.cfg)
+	sentAt, sent := b.now(), time.Now()
+	tok, err := client.RefreshGrant(rctx, refreshToken)
+	took := time.Since(sent)
+	cancel()
+	if err != nil {
+		b.metrics.refresh(refreshOutcome(err), took)
+		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
+			return nil, badGateway("Ermeo did not answer the refresh of the refresh_token given (%s): that token may now be spent; the account's current chain is unchanged and still serving", ermeo.Message(err))
+		}
+		return nil, grantError("refresh_token", err)
+	}
+	b.metrics.refresh("success", took)
+	next := *a
+	if tok.RefreshToken == "" {
+		// RFC 6749 section 6: the token given stays current.
+		tok.RefreshToken = refreshToken
+	}
+	b.startChain(&next, tok, sentAt)
+	next.State, next.RotationIntent, next.NextAttemptAt = stateActive, nil, time.Time{}
+	if err := b.storeAccountLocked(ctx, r.storage, r.name, &next, true); err != nil {
+		return nil, err
+	}
+	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "adopted", "true")
+	b.Logger().Info("adopted a refresh chain", "account", r.name, "generation", next.Generation)
+	return &next, nil
+}
+
+// refreshOutcome is the metrics label of a failed refresh grant.
+func refreshOutcome(err error) string {
+	var rejected *ermeo.RejectedError
+	switch {
+	case err == nil:
+		return "success"
+	case errors.As(err, &rejected) && rejected.ChainGone():
+		return "chain_gone"
+	case errors.As(err, &rejected):
+		return "rejected"
+	default:
+		return "unknown"
+	}
+}
+
+// startChainWithPasswordLocked starts a new chain for the account a (as the
+// write wants it) with a password grant, and stores it; with keep, the
+// password is kept (seal-wrapped) for re-bootstraps. Nothing stored changes
+// when the grant fails, or when the lifetime Ermeo gives the tokens makes the
+// account's min_ttl impossible, or when storage refuses the new chain (a
+// password grant revokes nothing, so the unused pair is no loss). Called with
+// the account's lock held.
+func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, a *accountEntry, password string, keep bool) (*accountEntry, error) {
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
+	}
+	ctx = context.WithoutCancel(ctx)
+	client, err := b.client(r.cfg)
+	if err != nil {
+		return nil, err
+	}
+	tok, sentAt, err := b.passwordGrant(ctx, r.cfg, client, a.Username, password)
+	if err != nil {
+		return nil, grantError("password", err)
+	}
+	next := *a
+	b.startChain(&next, tok, sentAt)
+	next.PasswordKept = keep
+	if msg := minTTLError(&next, r.cfg, tok.ExpiresIn); msg != "" {
+		return nil, &statusError{code: http.StatusBadRequest, msg: msg}
+	}
+	// A storage failure fails the write: the chain it would replace is
+	// still stored and working, and this pair cost nothing but a grant.
+	if err := b.storeAccountLocked(ctx, r.storage, r.name, &next, false); err != nil {
+		return nil, err
+	}
+	if keep {
+		if err := savePassword(ctx, r.storage, r.name, password); err != nil {
+			return nil, fmt.Errorf("the new chain is stored, but the password could not be kept (write the password again with store_password=true): %w", err)
+		}
+	}
+	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "password_grant", "true")
+	b.Logger().Info("started a new refresh chain with a password grant", "account", r.name, "generation", next.Generation)
+	return &next, nil
 }

@@ -41,7 +41,13 @@ type configEntry struct {
 	CACertificate  string        `json:"ca_certificate,omitempty"`
 	// SkipAccountCheck turns off the GET /api/v1/profile check of a new
 	// account (verify_accounts=false).
-	SkipAccountCheck      bool          `json:"skip_account_check,omitempty"`
+	SkipAccountCheck bool `json:"skip_account_check,omitempty"`
+	// SkipConnectionCheck turns off the check of the client credentials
+	// when config is written (verify_connection=false).
+	SkipConnectionCheck bool `json:"skip_connection_check,omitempty"`
+	// CredentialsCheckedAt is when Ermeo last accepted the client
+	// credentials; zero when they were not checked.
+	CredentialsCheckedAt  time.Time     `json:"credentials_checked_at,omitempty"`
 	DefaultMinTTL         time.Duration `json:"default_min_ttl"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 }
@@ -63,18 +69,21 @@ type rotationIntent struct {
 
 // accountEntry is one Ermeo account and the current link of its refresh chain.
 type accountEntry struct {
-	Username             string        `json:"username"`
-	PasswordKept         bool          `json:"password_kept"`
-	RefreshToken         string        `json:"refresh_token"`
-	RefreshTokenIssuedAt time.Time     `json:"refresh_token_issued_at"`
-	AccessToken          string        `json:"access_token"`
-	AccessTokenExpiresAt time.Time     `json:"access_token_expires_at"`
-	Generation           uint64        `json:"generation"`
-	LastRotation         time.Time     `json:"last_rotation"`
-	LastError            string        `json:"last_error,omitempty"`
-	State                string        `json:"state"`
-	MinTTL               time.Duration `json:"min_ttl,omitempty"`
-	RotationPeriod       time.Duration `json:"rotation_period,omitempty"`
+	Username             string    `json:"username"`
+	PasswordKept         bool      `json:"password_kept"`
+	RefreshToken         string    `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
+	AccessToken          string    `json:"access_token"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
+	// AccessTokenLifetime is the expires_in of the grant that issued the
+	// access token (0 in entries written before it was recorded).
+	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
+	Generation          uint64        `json:"generation"`
+	LastRotation        time.Time     `json:"last_rotation"`
+	LastError           string        `json:"last_error,omitempty"`
+	State               string        `json:"state"`
+	MinTTL              time.Duration `json:"min_ttl,omitempty"`
+	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
 	// NoLease: creds reads return no lease, only a ttl field (lease=false).
 	NoLease bool `json:"no_lease,omitempty"`
 	// Whose Ermeo account this is, from GET /api/v1/profile when written.

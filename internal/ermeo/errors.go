@@ -59,7 +59,14 @@ type RejectedError struct {
 }
 
 func (e *RejectedError) Error() string {
-	msg := fmt.Sprintf("ermeo: rejected with HTTP %d: %s", e.StatusCode, e.Code)
+	return fmt.Sprintf("ermeo: rejected with HTTP %d: %s", e.StatusCode, e.Message())
+}
+
+// Message is the error without the package's prefix and status, for a
+// sentence that already says who refused: "invalid_grant: Invalid refresh
+// token (check ...)".
+func (e *RejectedError) Message() string {
+	msg := e.Code
 	if e.Description != "" {
 		msg += ": " + e.Description
 	}
@@ -84,7 +91,13 @@ type UnknownOutcomeError struct {
 }
 
 func (e *UnknownOutcomeError) Error() string {
-	msg := "ermeo: outcome unknown: " + e.Reason
+	return "ermeo: outcome unknown: " + e.Message()
+}
+
+// Message is the error without the package's prefix: "timeout: ...",
+// "HTTP 503", "connection reset".
+func (e *UnknownOutcomeError) Message() string {
+	msg := e.Reason
 	if e.StatusCode != 0 && !strings.HasPrefix(e.Reason, "HTTP ") {
 		msg += fmt.Sprintf(" (HTTP %d)", e.StatusCode)
 	}
@@ -98,6 +111,21 @@ func (e *UnknownOutcomeError) Error() string {
 }
 
 func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
+
+// Message is err's text without the package's prefix, for the Client's own
+// errors; any other error's text as it is.
+func Message(err error) string {
+	var re *RejectedError
+	var ue *UnknownOutcomeError
+	switch {
+	case errors.As(err, &re):
+		return re.Message()
+	case errors.As(err, &ue):
+		return ue.Message()
+	default:
+		return err.Error()
+	}
+}
 
 // unknownFrom builds an UnknownOutcomeError for a response.
 func unknownFrom(resp *http.Response, reason string) *UnknownOutcomeError {
