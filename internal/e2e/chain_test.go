@@ -111,12 +111,13 @@ func TestKilledPluginMidRefreshLosesNothing(t *testing.T) {
 // TestThousandReadersAtExpiryCauseOneRefresh sends 1,000 concurrent creds
 // reads through the real Vault at the moment the token needs a refresh.
 func TestThousandReadersAtExpiryCauseOneRefresh(t *testing.T) {
-	e := newEnv(t, fakeermeo.Options{AccessTokenTTL: 12 * time.Second})
+	e := newEnv(t, fakeermeo.Options{AccessTokenTTL: 8 * time.Second})
 	e.configure()
-	e.mustWrite("accounts/app", map[string]any{"username": testUser, "password": testPassword, "min_ttl": "10s"})
+	e.mustWrite("accounts/app", map[string]any{"username": testUser, "password": testPassword, "min_ttl": "3s"})
 	first := e.mustRead("creds/app").Data["access_token"]
-	// The token now has 12s of life; with min_ttl 10s it needs a refresh 2s on.
-	time.Sleep(2100 * time.Millisecond)
+	// The token now has 8s of life; with min_ttl 3s it needs a refresh 5s on
+	// (past half its life: reads never refresh a younger token).
+	time.Sleep(5100 * time.Millisecond)
 
 	const readers = 1000
 	start := make(chan struct{})
