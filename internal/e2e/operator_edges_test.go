@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -584,4 +586,138 @@ func TestOperatorEdgesOnRaft(t *testing.T) {
 	srv := raftEdgeServer(t)
 	t.Run("WrongTypedSecretsAreNeverEchoed", func(t *testing.T) { checkWrongTypedSecrets(t, srv) })
 	t.Run("RefusedRefreshTokenKeepsTheChain", func(t *testing.T) { checkRefusedRefreshToken(t, srv) })
+}
+
+// TestRotateOfAMissingAccountIs404: writing accounts/nope/rotate, when there
+// is no account nope, is a 404 whose error names nope, and creates nothing.
+func TestRotateOfAMissingAccountIs404(t *testing.T) {
+	e := newEdgeEnv(t, devEdgeServer(t), fakeermeo.Options{})
+	e.configure()
+	a := e.put("accounts/nope/rotate", nil)
+	if a.Status != http.StatusNotFound || !strings.Contains(a.errText(), "nope") {
+		t.Errorf("rotate of a missing account: want a 404 naming nope, got HTTP %d, body %q", a.Status, a.Body)
+	}
+	if r := e.get("accounts/nope"); r.Status != http.StatusNotFound {
+		t.Errorf("accounts/nope after the rotate: HTTP %d", r.Status)
+	}
+	if n := e.fake.Counters().Requests; n != 0 {
+		t.Errorf("rotate of a missing account reached Ermeo: %d requests", n)
+	}
+	t.Logf("write accounts/nope/rotate -> HTTP %d, body %q; Ermeo requests %d", a.Status, strings.TrimSpace(a.Body), e.fake.Counters().Requests)
+}
+
+// doublePrefix matches an error that says "Ermeo ..." and then carries the
+// client package's own "ermeo: " prefix too.
+var doublePrefix = regexp.MustCompile(`Ermeo\b[^\n]*\bermeo: `)
+
+// TestPluginErrorsCarryNoMultierrorOrDoublePrefix provokes the plugin's
+// upstream errors (502s on a forced rotate and on an account write, refused
+// grants on account writes, a rejected refresh) and checks each raw body:
+// the expected status, no "1 error occurred" (Vault's multierror text), and
+// no message that says "Ermeo ..." and then "ermeo: ..." again.
+func TestPluginErrorsCarryNoMultierrorOrDoublePrefix(t *testing.T) {
+	start := time.Now()
+	// A fake that reads only form bodies, like the stock OAuth library: with
+	// body_format=json its answer is invalid_request, a refusal that is
+	// neither invalid_grant nor invalid_client.
+	e := newEdgeEnv(t, devEdgeServer(t), fakeermeo.Options{RefuseJSON: true})
+	e.mustPut("config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret, "body_format": "form"})
+	e.mustPut("accounts/app", map[string]any{"username": testUser, "password": testPassword})
+
+	type provoked struct {
+		what   string
+		status int
+		a      edgeAnswer
+	}
+	var got []provoked
+	note := func(what string, status int, a edgeAnswer) { got = append(got, provoked{what, status, a}) }
+
+	note("account write, wrong password (invalid_grant)", http.StatusBadRequest,
+		e.put("accounts/wrong", map[string]any{"username": testUser, "password": "wrong-horse"}))
+
+	e.mustPut("config", map[string]any{"body_format": "json"})
+	note("account write, refused grant (invalid_request)", http.StatusBadRequest,
+		e.put("accounts/json", map[string]any{"username": testUser, "password": testPassword}))
+	e.mustPut("config", map[string]any{"body_format": "form"})
+
+	e.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultStatus, Status: http.StatusBadGateway, Grant: "password", Times: 1})
+	note("account write, Ermeo answers 502", http.StatusBadGateway,
+		e.put("accounts/down", map[string]any{"username": testUser, "password": testPassword}))
+
+	e.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultStatus, Status: http.StatusServiceUnavailable, Grant: "refresh_token", Times: 1})
+	note("forced rotate, Ermeo answers 503", http.StatusBadGateway, e.put("accounts/app/rotate", nil))
+
+	e.mustPut("config", map[string]any{"client_secret": "not-the-secret"})
+	note("forced rotate, refresh rejected (invalid_client)", http.StatusBadGateway, e.put("accounts/app/rotate", nil))
+	e.mustPut("config", map[string]any{"client_secret": testClientSecret})
+
+	multi, double := 0, 0
+	statuses := map[int]int{}
+	for _, p := range got {
+		statuses[p.a.Status]++
+		t.Logf("%s -> HTTP %d, body %q", p.what, p.a.Status, strings.TrimSpace(p.a.Body))
+		if p.a.Status != p.status {
+			t.Errorf("%s: want HTTP %d, got %d", p.what, p.status, p.a.Status)
+		}
+		if strings.Contains(p.a.Body, "error occurred") || strings.Contains(p.a.Body, "errors occurred") {
+			multi++
+			t.Errorf("%s: the body carries Vault's multierror text: %q", p.what, strings.TrimSpace(p.a.Body))
+		}
+		if msg := p.a.errText(); doublePrefix.MatchString(msg) {
+			double++
+			t.Errorf("%s: a double-prefixed error: %q", p.what, msg)
+		}
+		if p.a.errText() == "" {
+			t.Errorf("%s: no error in the body %q", p.what, p.a.Body)
+		}
+	}
+	t.Logf("checked %d error answers (statuses %v): %d carry a multierror text, %d double-prefixed; in %s",
+		len(got), statuses, multi, double, time.Since(start).Round(time.Millisecond))
+}
+
+// TestClientSecretWithTrailingNewline: `echo secret | vault write
+// <mount>/config client_secret=-` stores what it read from stdin, newline
+// included. The plugin must trim it (and say so in a warning), so that the
+// account written next works.
+func TestClientSecretWithTrailingNewline(t *testing.T) {
+	start := time.Now()
+	e := newEdgeEnv(t, devEdgeServer(t), fakeermeo.Options{})
+	bin, why := FindVault()
+	if bin == "" {
+		t.Skip(why)
+	}
+	home := t.TempDir()
+	cmd := exec.Command(bin, "write", "-format=json", e.mount+"/config",
+		"api_url="+e.url, "client_id="+testClientID, "client_secret=-")
+	cmd.Env = append(cleanEnv(), "HOME="+home, "VAULT_ADDR="+e.srv.addr, "VAULT_TOKEN="+e.srv.token)
+	cmd.Stdin = strings.NewReader(testClientSecret + "\n")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("echo <secret> | vault write %s/config ... client_secret=-: %v\n%s%s", e.mount, err, stdout.String(), stderr.String())
+	}
+	var out struct {
+		Warnings []string `json:"warnings"`
+	}
+	if s := bytes.TrimSpace(stdout.Bytes()); len(s) > 0 {
+		if err := json.Unmarshal(s, &out); err != nil {
+			t.Fatalf("vault write -format=json printed %q: %v", s, err)
+		}
+	}
+	warned := false
+	for _, w := range out.Warnings {
+		lw := strings.ToLower(w)
+		if strings.Contains(w, "client_secret") && (strings.Contains(lw, "newline") || strings.Contains(lw, "whitespace") || strings.Contains(lw, "trim")) {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("config write with a trailing newline in client_secret: want a warning that names client_secret and says it was trimmed, got warnings %q", out.Warnings)
+	}
+	a := e.put("accounts/app", map[string]any{"username": testUser, "password": testPassword})
+	if !a.ok() {
+		t.Errorf("account write after a client_secret with a trailing newline: want success, got HTTP %d: %q", a.Status, a.errText())
+	}
+	t.Logf("echo <secret> | vault write %s/config client_secret=-: exit 0, warnings %q; then write accounts/app -> HTTP %d %q; in %s",
+		e.mount, out.Warnings, a.Status, a.errText(), time.Since(start).Round(time.Millisecond))
 }
