@@ -574,6 +574,9 @@ func checkRefusedRefreshToken(t *testing.T, srv *edgeServer) {
 	for i, rt := range e.fake.IssuedRefreshTokens() {
 		secrets[fmt.Sprintf("refresh token #%d", i+1)] = rt
 	}
+	for _, ae := range auditErrors(srv.audit, e.mount+"/accounts/app") {
+		t.Logf("%s: audit log entry for the refused write: %s", srv.kind, truncateLine(mask(ae, secrets), 400))
+	}
 	_, figure := e.haystacks().search(t, secrets)
 	t.Logf("%s: refused refresh_token: before %s; after %s; same access token %v; new grants %d; %s; in %s",
 		srv.kind, before, after, tokAfter == tok, newGrants, figure, time.Since(start).Round(time.Millisecond))
