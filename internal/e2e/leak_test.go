@@ -24,8 +24,9 @@ import (
 // failures and recoveries included, in a vault server of its own that logs
 // at trace level and writes a file audit log, and then searches the audit
 // log, the server log (which holds the plugin's log lines) and every raw
-// response body for the client secret, the passwords and every refresh token
-// the fake Ermeo ever issued.
+// response body for the client secret, the passwords, every refresh token
+// the fake Ermeo ever issued, and each secret it sent with a wrong JSON type
+// (a list, an object, a number).
 func TestLeakNoSecretInLogsAuditOrResponses(t *testing.T) {
 	bin, why := FindVault()
 	if bin == "" {
@@ -196,6 +197,38 @@ func TestLeakNoSecretInLogsAuditOrResponses(t *testing.T) {
 		t.Errorf("delete: %v", err)
 	}
 
+	// Every secret field with the wrong JSON type (a list, an object, a
+	// number), on a create (Vault runs the existence check first) and on an
+	// update: refused, and echoed nowhere. On an account of its own, since a
+	// write that is wrongly taken may spend its chain; the client secret is
+	// written again afterwards.
+	s.mustWrite("ermeo/accounts/typed", map[string]any{"username": userOnce, "password": passwordOnce})
+	wrongTyped := map[string]string{}
+	wrongTypedRefused := 0
+	for _, shape := range wrongShapes {
+		for _, w := range []struct {
+			what, path, field string
+			base              map[string]any
+		}{
+			{"create", "ermeo/accounts/typed-new-password-" + shape, "password", map[string]any{"username": userOnce}},
+			{"create", "ermeo/accounts/typed-new-refresh-" + shape, "refresh_token", map[string]any{"username": userOnce}},
+			{"update", "ermeo/accounts/typed", "password", nil},
+			{"update", "ermeo/accounts/typed", "refresh_token", nil},
+			{"update", "ermeo/config", "client_secret", nil},
+		} {
+			value, secret := wronglyTyped(shape)
+			wrongTyped[fmt.Sprintf("%s as a %s (%s of %s)", w.field, shape, w.what, w.path)] = secret
+			data := map[string]any{w.field: value}
+			for k, v := range w.base {
+				data[k] = v
+			}
+			if _, err := s.write(w.path, data); statusOf(err) == http.StatusBadRequest {
+				wrongTypedRefused++
+			}
+		}
+	}
+	s.mustWrite("ermeo/config", map[string]any{"client_secret": clientSecret})
+
 	// The scenario did what it says: the plugin logged its rotations, lost
 	// chains and recovery, and the fake issued the tokens searched for.
 	refresh := fake.IssuedRefreshTokens()
@@ -251,6 +284,9 @@ func TestLeakNoSecretInLogsAuditOrResponses(t *testing.T) {
 	for i, tok := range refresh {
 		secrets[fmt.Sprintf("refresh token #%d", i+1)] = tok
 	}
+	for what, secret := range wrongTyped {
+		secrets["wrongly typed "+what] = secret
+	}
 	haystacks := []leakHaystack{
 		{name: "audit log " + auditPath, text: string(audit)},
 		{name: "server log " + v.LogPath, text: serverLog},
@@ -280,8 +316,8 @@ func TestLeakNoSecretInLogsAuditOrResponses(t *testing.T) {
 			}
 		}
 	}
-	summary := fmt.Sprintf("leak test: searched %d files + %d responses (%d bytes) for %d secret values (2 client secrets, 3 passwords, %d refresh tokens): %d found; and the %d logs for %d access tokens: %d found",
-		files, len(responses), searched, len(secrets), len(refresh), found, files, len(access), accessInLogs)
+	summary := fmt.Sprintf("leak test: searched %d files + %d responses (%d bytes) for %d secret values (2 client secrets, 3 passwords, %d refresh tokens, %d wrongly typed secrets of which %d got a 400): %d found; and the %d logs for %d access tokens: %d found",
+		files, len(responses), searched, len(secrets), len(refresh), len(wrongTyped), wrongTypedRefused, found, files, len(access), accessInLogs)
 	t.Log(summary)
 	fmt.Println(summary)
 	t.Logf("leak test: fake grants %v", counters.Grants)
