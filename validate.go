@@ -292,7 +292,7 @@ func credentialField(d *framework.FieldData, name string) (value string, set, tr
 
 // trimmedWarning is the warning of a write whose credential lost its line ending.
 func trimmedWarning(fields []string) string {
-	return fmt.Sprintf("removed a trailing line ending from %s (as echo adds it); the value stored has none", strings.Join(fields, ", "))
+	return fmt.Sprintf("trimmed a trailing newline from %s (echo adds one); the value stored has none", strings.Join(fields, ", "))
 }
 
 // controlCharAt returns the index of the first ASCII control character in s, or -1.
