@@ -623,10 +623,11 @@ func (s *Server) serveProfile(w http.ResponseWriter, r *http.Request) {
 	}
 	switch len(tokens) {
 	case 0:
-		// FOSOAuthServerBundle's entry point, as recorded: no
-		// WWW-Authenticate, Symfony's default Cache-Control.
-		w.Header().Set("Cache-Control", "no-cache, private")
-		writeJSON(w, http.StatusUnauthorized, oauthError{"access_denied", ptr("OAuth2 authentication required")})
+		// No usable Bearer token (no Authorization header, a lowercase
+		// "bearer", another scheme): FOSOAuthServerBundle's entry point
+		// (OAuthEntryPoint::start) answers an OAuth2AuthenticateException,
+		// with the same headers as the library's other 401s.
+		authenticateError(w, http.StatusUnauthorized, "access_denied", "OAuth2 authentication required")
 		return
 	case 1:
 	default:
@@ -688,5 +689,3 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 }
-
-func ptr(s string) *string { return &s }

@@ -541,6 +541,43 @@ func TestProfileTokenPlacement(t *testing.T) {
 	}
 }
 
+// TestProfileWithoutToken checks the entry point's 401 for each way of
+// sending no usable Bearer token: the same answer, headers included, as the
+// vector "profile without token".
+func TestProfileWithoutToken(t *testing.T) {
+	f := newFixture(t, Options{})
+	at, _ := f.login(t)
+	wantHeader := map[string]string{
+		"WWW-Authenticate": `Bearer realm="Service", error="access_denied", error_description="OAuth2 authentication required"`,
+		"Content-Type":     "application/json",
+		"Cache-Control":    "no-store, private",
+		"Pragma":           "no-cache",
+	}
+	for _, tt := range []struct {
+		name   string
+		header map[string]string
+	}{
+		{"no Authorization header", nil},
+		{"lowercase bearer", map[string]string{"Authorization": "bearer " + at}},
+		{"Basic scheme", map[string]string{"Authorization": "Basic Zm9vOmJhcg=="}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := f.mustSend(t, "GET", ProfilePath, "", nil, tt.header)
+			if r.status != http.StatusUnauthorized {
+				t.Errorf("status %d, want 401 (%s)", r.status, r.raw)
+			}
+			for k, want := range wantHeader {
+				if got := r.header.Values(k); len(got) != 1 || got[0] != want {
+					t.Errorf("header %s: %q, want [%q]", k, got, want)
+				}
+			}
+			if got, want := string(bytes.TrimSpace(r.raw)), `{"error":"access_denied","error_description":"OAuth2 authentication required"}`; got != want {
+				t.Errorf("body %s, want %s", got, want)
+			}
+		})
+	}
+}
+
 func TestCountersEndpoint(t *testing.T) {
 	f := newFixture(t, Options{})
 	_, rt := f.login(t)
