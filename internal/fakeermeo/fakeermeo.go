@@ -12,8 +12,10 @@
 //   - JSON and form bodies (a JSON body is ignored with Options.RefuseJSON, as
 //     with the stock library), client credentials from HTTP Basic auth before
 //     the body, and the library's check order: grant_type format, client id,
-//     client credentials, grant type allowed for the client, then the grant's
-//     own checks, with the library's error codes and descriptions;
+//     client credentials, grant type allowed for the client, the grant's own
+//     checks, then the requested scope (only "user" is supported: any other
+//     is invalid_scope, and a refresh refused for its scope does not consume
+//     its refresh token), with the library's error codes and descriptions;
 //   - the response headers (Content-Type: application/json, Cache-Control:
 //     no-store, private, Pragma: no-cache) and body shapes, with expires_in a
 //     JSON number;
@@ -57,6 +59,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -460,7 +463,11 @@ func (s *Server) grant(params map[string]string, basicUser, basicPass string) an
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	grantType := params["grant_type"]
-	a := s.checkAndIssueLocked(grantType, params, basicUser, basicPass)
+	g, refused := s.checkLocked(grantType, params, basicUser, basicPass)
+	a := refused
+	if refused.status == 0 {
+		a = s.commitLocked(g)
+	}
 	outcome := "success"
 	if e, ok := a.body.(oauthError); ok {
 		outcome = e.Error
@@ -469,57 +476,108 @@ func (s *Server) grant(params map[string]string, basicUser, basicPass string) an
 	return a
 }
 
-func (s *Server) checkAndIssueLocked(grantType string, params map[string]string, basicUser, basicPass string) answer {
+// checked is a grant that passed every check, ready to be committed.
+type checked struct {
+	clientID, username string
+	// scope is the answer's scope: the requested one, or the default.
+	scope string
+	// oldRefresh is the refresh token a refresh grant consumes on commit.
+	oldRefresh *refreshToken
+	now        time.Time
+}
+
+// supportedScope is the one scope of Ermeo's tokens (the library's
+// supported_scopes, and the scope of every token it issues).
+const supportedScope = "user"
+
+// checkLocked runs grantAccessToken's checks in the library's order: the
+// grant_type format, the client, the grant type allowed for the client, the
+// grant's own checks, then the requested scope. It returns the grant to
+// commit, or the refusal (status != 0).
+func (s *Server) checkLocked(grantType string, params map[string]string, basicUser, basicPass string) (checked, answer) {
 	if !grantTypeFormat.MatchString(grantType) {
-		return fail("invalid_request", "Invalid grant_type parameter or parameter missing")
+		return checked{}, fail("invalid_request", "Invalid grant_type parameter or parameter missing")
 	}
 	clientID, secret := basicUser, basicPass
 	if basicUser == "" {
 		clientID, secret = params["client_id"], params["client_secret"]
 		if clientID == "" {
-			return fail("invalid_client", "Client id was not found in the headers or body")
+			return checked{}, fail("invalid_client", "Client id was not found in the headers or body")
 		}
 	}
 	if clientID != s.opts.ClientID || secret != s.opts.ClientSecret {
-		return fail("invalid_client", "The client credentials are invalid")
+		return checked{}, fail("invalid_client", "The client credentials are invalid")
 	}
 	if !s.allowed[grantType] {
-		return fail("unauthorized_client", "The grant type is unauthorized for this client_id")
+		return checked{}, fail("unauthorized_client", "The grant type is unauthorized for this client_id")
 	}
 
-	now := s.opts.Now()
+	g := checked{clientID: clientID, scope: supportedScope, now: s.opts.Now()}
 	switch grantType {
 	case "password":
 		username, password := params["username"], params["password"]
 		if username == "" || password == "" {
-			return fail("invalid_request", `Missing parameters. "username" and "password" required`)
+			return checked{}, fail("invalid_request", `Missing parameters. "username" and "password" required`)
 		}
 		stored, ok := s.users[username]
 		if !ok || stored != password {
-			return fail("invalid_grant", "Invalid username and password combination")
+			return checked{}, fail("invalid_grant", "Invalid username and password combination")
 		}
-		return s.issueLocked(clientID, username, now)
+		g.username = username
 	case "refresh_token":
 		tok := params["refresh_token"]
 		if tok == "" {
-			return fail("invalid_request", `No "refresh_token" parameter found`)
+			return checked{}, fail("invalid_request", `No "refresh_token" parameter found`)
 		}
 		rt := s.refresh[tok]
 		if rt == nil || rt.consumed || rt.clientID != clientID {
-			return fail("invalid_grant", "Invalid refresh token")
+			return checked{}, fail("invalid_grant", "Invalid refresh token")
 		}
-		if now.After(rt.expires) {
-			return fail("invalid_grant", "Refresh token has expired")
+		if g.now.After(rt.expires) {
+			return checked{}, fail("invalid_grant", "Refresh token has expired")
 		}
-		a := s.issueLocked(clientID, rt.username, now)
-		rt.consumed = true
-		return a
+		// Like the library's $this->oldRefreshToken: noted here, consumed
+		// only by the commit.
+		g.username, g.oldRefresh = rt.username, rt
 	default:
-		return answer{http.StatusBadRequest, oauthError{Error: "unsupported_grant_type"}}
+		return checked{}, answer{http.StatusBadRequest, oauthError{Error: "unsupported_grant_type"}}
 	}
+
+	// The scope is checked after the grant's own checks and before any token
+	// is created or consumed, as in grantAccessToken: a refresh refused here
+	// leaves its refresh token live. PHP's truthiness: "" and "0" ask for
+	// no scope.
+	if requested := params["scope"]; requested != "" && requested != "0" {
+		if !scopeSupported(requested) {
+			return checked{}, fail("invalid_scope", "An unsupported scope was requested.")
+		}
+		g.scope = requested
+	}
+	return g, answer{}
 }
 
-func (s *Server) issueLocked(clientID, username string, now time.Time) answer {
+// scopeSupported is the library's checkScope against the supported scope:
+// every space-separated word of the trimmed request must be that scope.
+func scopeSupported(requested string) bool {
+	for _, word := range strings.Split(strings.Trim(requested, " \t\n\r\x00\x0b"), " ") {
+		if word != supportedScope {
+			return false
+		}
+	}
+	return true
+}
+
+// commitLocked issues the new pair of a checked grant, then consumes the
+// refresh token it presented, if any (the library's createAccessToken).
+func (s *Server) commitLocked(g checked) answer {
+	a := s.issueLocked(g.clientID, g.username, g.scope, g.now)
+	if g.oldRefresh != nil {
+		g.oldRefresh.consumed = true
+	}
+	return a
+}
+
+func (s *Server) issueLocked(clientID, username, scope string, now time.Time) answer {
 	at, rt := newToken(), newToken()
 	s.access[at] = &accessToken{clientID, username, now.Add(s.opts.AccessTokenTTL)}
 	s.refresh[rt] = &refreshToken{clientID: clientID, username: username, expires: now.Add(s.opts.RefreshTokenTTL)}
@@ -529,7 +587,7 @@ func (s *Server) issueLocked(clientID, username string, now time.Time) answer {
 		AccessToken:  at,
 		ExpiresIn:    int64(s.opts.AccessTokenTTL / time.Second),
 		TokenType:    "bearer",
-		Scope:        "user",
+		Scope:        scope,
 		RefreshToken: rt,
 	}}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -441,6 +442,72 @@ func TestBodyFormats(t *testing.T) {
 	wantError(t, refusing.tokenJSON(t, passwordFields()), 400, "invalid_request", "Invalid grant_type parameter or parameter missing")
 	if r := refusing.tokenForm(t, passwordFields(), nil); r.status != 200 {
 		t.Fatalf("form body with RefuseJSON: %d %s", r.status, r.raw)
+	}
+}
+
+// TestScope checks the library's scope check: only "user" (every word of
+// the request) is supported, and the check runs after the grant's own checks
+// and before any token is created or consumed.
+func TestScope(t *testing.T) {
+	f := newFixture(t, Options{})
+	withScope := func(fields map[string]string, scope string) map[string]string {
+		fields["scope"] = scope
+		return fields
+	}
+	for _, scope := range []string{"admin", "user admin", "User", "users", "user\tuser"} {
+		t.Run(fmt.Sprintf("password grant, scope %q", scope), func(t *testing.T) {
+			before := len(f.s.IssuedRefreshTokens())
+			wantError(t, f.tokenJSON(t, withScope(passwordFields(), scope)), 400, "invalid_scope", "An unsupported scope was requested.")
+			wantError(t, f.tokenForm(t, withScope(passwordFields(), scope), nil), 400, "invalid_scope", "An unsupported scope was requested.")
+			if len(f.s.IssuedRefreshTokens()) != before {
+				t.Fatal("a grant refused for its scope issued tokens")
+			}
+		})
+	}
+	for _, tt := range []struct{ scope, answered string }{
+		{"user", "user"},
+		{"", "user"}, // an empty field is no field
+		{"user user", "user user"},
+	} {
+		t.Run(fmt.Sprintf("password grant, scope %q", tt.scope), func(t *testing.T) {
+			r := f.tokenJSON(t, withScope(passwordFields(), tt.scope))
+			if r.status != 200 || r.str("scope") != tt.answered {
+				t.Fatalf("got %d %s, want 200 with scope %q", r.status, r.raw, tt.answered)
+			}
+		})
+	}
+	t.Run("password grant, no scope", func(t *testing.T) {
+		if r := f.tokenJSON(t, passwordFields()); r.status != 200 || r.str("scope") != "user" {
+			t.Fatalf("got %d %s", r.status, r.raw)
+		}
+	})
+
+	t.Run("refresh grant", func(t *testing.T) {
+		_, rt := f.login(t)
+		wantError(t, f.tokenJSON(t, withScope(refreshFields(rt), "admin")), 400, "invalid_scope", "An unsupported scope was requested.")
+		if !f.s.RefreshTokenLive(rt) {
+			t.Fatal("a refresh refused for its scope consumed the refresh token")
+		}
+		r := f.tokenJSON(t, withScope(refreshFields(rt), "user"))
+		if r.status != 200 || r.str("scope") != "user" || f.s.RefreshTokenLive(rt) {
+			t.Fatalf("refresh with scope user: %d %s", r.status, r.raw)
+		}
+		f.refresh(t, r.str("refresh_token")) // and without a scope
+	})
+
+	t.Run("the grant's own checks come first", func(t *testing.T) {
+		fields := withScope(passwordFields(), "admin")
+		fields["password"] = "wrong"
+		wantError(t, f.tokenJSON(t, fields), 400, "invalid_grant", "Invalid username and password combination")
+		wantError(t, f.tokenJSON(t, withScope(refreshFields("nope"), "admin")), 400, "invalid_grant", "Invalid refresh token")
+		fields = withScope(passwordFields(), "admin")
+		fields["client_secret"] = "wrong"
+		wantError(t, f.tokenJSON(t, fields), 400, "invalid_client", "The client credentials are invalid")
+	})
+
+	c := f.s.Counters()
+	if c.Grants["password"]["invalid_scope"] != 10 || c.Grants["refresh_token"]["invalid_scope"] != 1 {
+		t.Fatalf("invalid_scope counts: %v", c.Grants)
 	}
 }
 
