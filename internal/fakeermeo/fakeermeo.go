@@ -56,6 +56,7 @@ import (
 	"encoding/json"
 	"mime"
 	"net/http"
+	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
@@ -409,26 +410,20 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 
 // readParams returns the token request's fields: the query string for GET;
 // for POST, the form body, or the JSON body unless RefuseJSON. Fields that
-// are absent, empty or not scalars are left out.
+// are absent, empty or not scalars are left out. A field repeated in a query
+// string or a form takes its last value, as in PHP (url.Values.Get would
+// take the first); so does a repeated JSON key, as with json_decode.
 func (s *Server) readParams(r *http.Request) map[string]string {
 	params := map[string]string{}
 	if r.Method == http.MethodGet {
-		for k, v := range r.URL.Query() {
-			if len(v) > 0 && v[0] != "" {
-				params[k] = v[0]
-			}
-		}
+		lastValues(params, r.URL.Query())
 		return params
 	}
 	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mediaType {
 	case "application/x-www-form-urlencoded", "multipart/form-data":
 		r.ParseMultipartForm(1 << 20)
-		for k, v := range r.PostForm {
-			if len(v) > 0 && v[0] != "" {
-				params[k] = v[0]
-			}
-		}
+		lastValues(params, r.PostForm)
 	case "application/json":
 		if s.opts.RefuseJSON {
 			return params
@@ -455,6 +450,15 @@ func (s *Server) readParams(r *http.Request) map[string]string {
 		}
 	}
 	return params
+}
+
+// lastValues puts each field's last value into params, unless it is empty.
+func lastValues(params map[string]string, values url.Values) {
+	for k, v := range values {
+		if len(v) > 0 && v[len(v)-1] != "" {
+			params[k] = v[len(v)-1]
+		}
+	}
 }
 
 // grant runs the library's checks on a token request and commits the

@@ -511,6 +511,59 @@ func TestScope(t *testing.T) {
 	}
 }
 
+// TestRepeatedFieldTakesLastValue checks PHP's reading of a repeated field
+// in a form body or a query string: the last value wins, and a last value
+// that is empty makes the field empty.
+func TestRepeatedFieldTakesLastValue(t *testing.T) {
+	f := newFixture(t, Options{})
+	_, rt := f.login(t)
+	client := "client_id=" + url.QueryEscape(DefaultClientID) + "&client_secret=" + url.QueryEscape(DefaultClientSecret)
+	user := "&username=" + url.QueryEscape(DefaultUsername)
+	post := func(body string) reply {
+		return f.mustSend(t, "POST", TokenPath, "application/x-www-form-urlencoded", []byte(body), nil)
+	}
+	tests := []struct {
+		name, body string
+		status     int
+		code, desc string
+	}{
+		{"password, right one last", "grant_type=password&" + client + user + "&password=wrong&password=" + DefaultPassword, 200, "", ""},
+		{"password, wrong one last", "grant_type=password&" + client + user + "&password=" + DefaultPassword + "&password=wrong", 400,
+			"invalid_grant", "Invalid username and password combination"},
+		{"password, empty one last", "grant_type=password&" + client + user + "&password=" + DefaultPassword + "&password=", 400,
+			"invalid_request", `Missing parameters. "username" and "password" required`},
+		{"grant_type", "grant_type=refresh_token&grant_type=password&" + client + user + "&password=" + DefaultPassword, 200, "", ""},
+		{"client_secret", "grant_type=password&" + client + "&client_secret=wrong" + user + "&password=" + DefaultPassword, 400,
+			"invalid_client", "The client credentials are invalid"},
+		{"refresh_token", "grant_type=refresh_token&" + client + "&refresh_token=nope&refresh_token=" + rt, 200, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := post(tt.body)
+			if tt.status == 200 {
+				if r.status != 200 || !isToken(r.str("refresh_token")) {
+					t.Fatalf("got %d %s, want 200", r.status, r.raw)
+				}
+				return
+			}
+			wantError(t, r, tt.status, tt.code, tt.desc)
+		})
+	}
+	t.Run("JSON body", func(t *testing.T) {
+		body := `{"grant_type":"password","client_id":"` + DefaultClientID + `","client_secret":"` + DefaultClientSecret +
+			`","username":"` + DefaultUsername + `","password":"wrong","password":"` + DefaultPassword + `"}`
+		if r := f.mustSend(t, "POST", TokenPath, "application/json", []byte(body), nil); r.status != 200 {
+			t.Fatalf("got %d %s, want 200", r.status, r.raw)
+		}
+	})
+	t.Run("query string of a GET", func(t *testing.T) {
+		r := f.mustSend(t, "GET", TokenPath+"?grant_type=password&"+client+user+"&password=wrong&password="+DefaultPassword, "", nil, nil)
+		if r.status != 200 {
+			t.Fatalf("got %d %s, want 200", r.status, r.raw)
+		}
+	})
+}
+
 func TestBasicAuth(t *testing.T) {
 	f := newFixture(t, Options{})
 	basic := func(id, secret string) map[string]string {
