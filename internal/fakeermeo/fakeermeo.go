@@ -29,10 +29,16 @@
 //     may also come in the access_token query parameter, and sending it two
 //     ways at once is an invalid_request.
 //
-// Unlike the library, the fake is atomic: every grant is checked and committed
-// under one mutex, so two concurrent refreshes with one token never both
-// succeed. Instead it counts every presentation of an already consumed refresh
-// token (Counters.RefreshTokensUsedTwice), which a correct client never makes.
+// By default the fake is stricter than the library: every grant is checked
+// and committed under one mutex, so two concurrent refreshes with one token
+// never both succeed. With Options.NonAtomicRefresh it is as lax as the
+// library, whose refresh grant reads the refresh token, then stores the new
+// pair and deletes the old token, without a transaction: two concurrent
+// refreshes with one token can both succeed. Either way it counts what a
+// correct client never does: presenting an already consumed refresh token
+// (Counters.RefreshTokensUsedTwice), and presenting a refresh token while
+// another refresh of it is in flight (Counters.ConcurrentRefreshesOfOneToken);
+// RefreshTokenPresentations tells how often each token was presented.
 // The fake implements only the password and refresh_token grants: any other
 // grant type that Options.AllowedGrants allows is answered with
 // unsupported_grant_type and a null error_description.
@@ -109,7 +115,21 @@ type Options struct {
 	// AllowedGrants are the grant types allowed for the client; default
 	// ["password", "refresh_token"].
 	AllowedGrants []string
+	// NonAtomicRefresh makes the refresh grant non-atomic, like the
+	// library's: it checks the refresh token under the fake's lock, releases
+	// the lock for a window (NonAtomicRefreshWindow of real time), then
+	// takes it again to issue the new pair and consume the old token without
+	// checking it again. Two refreshes presenting one token whose windows
+	// overlap both succeed, each with its own new pair. A client must not
+	// rely on the server to refuse the second: this option lets a test show
+	// that it never sends one (Counters.ConcurrentRefreshesOfOneToken).
+	NonAtomicRefresh bool
 }
+
+// NonAtomicRefreshWindow is how long a refresh under Options.NonAtomicRefresh
+// waits, with the lock released, between its check and its commit: a stand-in
+// for the library's two inserts before its delete.
+const NonAtomicRefreshWindow = 5 * time.Millisecond
 
 // Counters counts what the token endpoint saw.
 type Counters struct {
@@ -136,6 +156,13 @@ type Counters struct {
 	// AnswersDropped counts successful refreshes whose answer the fake
 	// dropped: each one spent a refresh token the client never heard about.
 	AnswersDropped int `json:"answers_dropped"`
+	// ConcurrentRefreshesOfOneToken counts the refresh_token grant requests
+	// that presented a refresh token while another request presenting the
+	// same token was in flight (received, and its handling not finished:
+	// not yet answered, refused, or dropped). It stays 0 for a client that
+	// serializes its refreshes; under Options.NonAtomicRefresh such a
+	// request may succeed.
+	ConcurrentRefreshesOfOneToken int `json:"concurrent_refreshes_of_one_token"`
 	// LiveRefreshTokens is how many refresh tokens are issued, not
 	// consumed, and not expired at Now().
 	LiveRefreshTokens int `json:"live_refresh_tokens"`
@@ -177,6 +204,14 @@ type Server struct {
 	faults        []*activeFault
 	release       chan struct{} // closed by ReleaseHeld
 	held          int
+	// inFlight counts, per presented refresh token, the refresh_token
+	// grant requests being handled; presented counts every presentation.
+	inFlight  map[string]int
+	presented map[string]int
+
+	// inWindow, if set, replaces the wait of a NonAtomicRefresh window
+	// (tests make windows overlap with it).
+	inWindow func()
 }
 
 // New returns a fake Ermeo configured by opts.
@@ -203,14 +238,16 @@ func New(opts Options) *Server {
 		opts.AllowedGrants = []string{"password", "refresh_token"}
 	}
 	s := &Server{
-		opts:     opts,
-		allowed:  map[string]bool{},
-		users:    map[string]string{},
-		userIDs:  map[string]int{},
-		refresh:  map[string]*refreshToken{},
-		access:   map[string]*accessToken{},
-		counters: Counters{Grants: map[string]map[string]int{}},
-		release:  make(chan struct{}),
+		opts:      opts,
+		allowed:   map[string]bool{},
+		users:     map[string]string{},
+		userIDs:   map[string]int{},
+		refresh:   map[string]*refreshToken{},
+		access:    map[string]*accessToken{},
+		counters:  Counters{Grants: map[string]map[string]int{}},
+		release:   make(chan struct{}),
+		inFlight:  map[string]int{},
+		presented: map[string]int{},
 	}
 	for _, g := range opts.AllowedGrants {
 		s.allowed[g] = true
@@ -279,6 +316,19 @@ func (s *Server) IssuedAccessTokens() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.accessIssued...)
+}
+
+// RefreshTokenPresentations returns, for each refresh token ever presented in
+// a refresh_token grant request (issued by the fake or not), how many
+// requests presented it, whatever their outcome, faulted ones included.
+func (s *Server) RefreshTokenPresentations() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.presented))
+	for tok, n := range s.presented {
+		out[tok] = n
+	}
+	return out
 }
 
 // RefreshTokenLive reports whether tok was issued and is neither consumed nor
@@ -354,6 +404,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	// A replay is judged when the request arrives: one sent before its
 	// token was consumed is not a replay, however long a fault delays it.
 	s.noteReplayLocked(params)
+	if tok := params["refresh_token"]; params["grant_type"] == "refresh_token" && tok != "" {
+		s.presented[tok]++
+		if s.inFlight[tok] > 0 {
+			s.counters.ConcurrentRefreshesOfOneToken++
+		}
+		s.inFlight[tok]++
+		defer s.doneInFlight(tok)
+	}
 	var f *Fault
 	if r.Method == http.MethodPost {
 		f = s.takeFaultLocked(params["grant_type"])
@@ -461,8 +519,18 @@ func lastValues(params map[string]string, values url.Values) {
 	}
 }
 
+// doneInFlight ends the handling of a request that presented tok.
+func (s *Server) doneInFlight(tok string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inFlight[tok]--; s.inFlight[tok] <= 0 {
+		delete(s.inFlight, tok)
+	}
+}
+
 // grant runs the library's checks on a token request and commits the
-// result, atomically.
+// result: atomically, except for a refresh under Options.NonAtomicRefresh,
+// whose check and commit are apart.
 func (s *Server) grant(params map[string]string, basicUser, basicPass string) answer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -470,6 +538,16 @@ func (s *Server) grant(params map[string]string, basicUser, basicPass string) an
 	g, refused := s.checkLocked(grantType, params, basicUser, basicPass)
 	a := refused
 	if refused.status == 0 {
+		if g.oldRefresh != nil && s.opts.NonAtomicRefresh {
+			wait := s.inWindow
+			s.mu.Unlock()
+			if wait == nil {
+				time.Sleep(NonAtomicRefreshWindow)
+			} else {
+				wait()
+			}
+			s.mu.Lock()
+		}
 		a = s.commitLocked(g)
 	}
 	outcome := "success"
@@ -572,7 +650,9 @@ func scopeSupported(requested string) bool {
 }
 
 // commitLocked issues the new pair of a checked grant, then consumes the
-// refresh token it presented, if any (the library's createAccessToken).
+// refresh token it presented, if any (the library's createAccessToken). The
+// token is not checked again: under NonAtomicRefresh another refresh may have
+// consumed it since the check, and this one succeeds all the same.
 func (s *Server) commitLocked(g checked) answer {
 	a := s.issueLocked(g.clientID, g.username, g.scope, g.now)
 	if g.oldRefresh != nil {

@@ -773,6 +773,149 @@ func TestConcurrentRefreshes(t *testing.T) {
 	}
 }
 
+// concurrentRefreshes sends n refresh grants presenting tok at once and
+// returns their replies.
+func (f *fixture) concurrentRefreshes(t *testing.T, tok string, n int) []reply {
+	t.Helper()
+	body, _ := json.Marshal(refreshFields(tok))
+	replies := make([]reply, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := f.send(context.Background(), "POST", TokenPath, "application/json", body, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			replies[i] = r
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return replies
+}
+
+// TestNonAtomicRefresh checks Options.NonAtomicRefresh: two concurrent
+// refreshes presenting one token both succeed, as with the library, where by
+// default only one does; both are counted as concurrent presentations.
+func TestNonAtomicRefresh(t *testing.T) {
+	t.Run("NonAtomicRefresh", func(t *testing.T) {
+		f := newFixture(t, Options{NonAtomicRefresh: true})
+		_, rt := f.login(t)
+		// Each refresh waits in its window until the other is there too
+		// (or 5 s): both have passed the check before either commits.
+		var mu sync.Mutex
+		arrived, both := 0, make(chan struct{})
+		f.s.mu.Lock()
+		f.s.inWindow = func() {
+			mu.Lock()
+			if arrived++; arrived == 2 {
+				close(both)
+			}
+			mu.Unlock()
+			select {
+			case <-both:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		f.s.mu.Unlock()
+
+		replies := f.concurrentRefreshes(t, rt, 2)
+		for i, r := range replies {
+			if r.status != 200 || !f.s.RefreshTokenLive(r.str("refresh_token")) || !f.s.AccessTokenValid(r.str("access_token")) {
+				t.Fatalf("refresh %d: %d %s, want 200 with a live pair", i, r.status, r.raw)
+			}
+		}
+		if replies[0].str("refresh_token") == replies[1].str("refresh_token") {
+			t.Fatal("both refreshes got the same refresh token")
+		}
+		if f.s.RefreshTokenLive(rt) {
+			t.Fatal("the presented refresh token is still live")
+		}
+		c := f.s.Counters()
+		if c.Grants["refresh_token"]["success"] != 2 || c.ConcurrentRefreshesOfOneToken != 1 ||
+			c.RefreshTokensUsedTwice != 0 || c.LiveRefreshTokens != 2 {
+			t.Fatalf("counters %+v", c)
+		}
+		// Once consumed, the token is refused like any used one.
+		wantError(t, f.tokenJSON(t, refreshFields(rt)), 400, "invalid_grant", "Invalid refresh token")
+		if c := f.s.Counters(); c.RefreshTokensUsedTwice != 1 || f.s.RefreshTokenPresentations()[rt] != 3 {
+			t.Fatalf("after a replay: counters %+v, presentations %d", c, f.s.RefreshTokenPresentations()[rt])
+		}
+		// A refresh without a rival waits its window and succeeds.
+		f.s.mu.Lock()
+		f.s.inWindow = nil
+		f.s.mu.Unlock()
+		start := time.Now()
+		f.refresh(t, replies[0].str("refresh_token"))
+		if elapsed := time.Since(start); elapsed < NonAtomicRefreshWindow {
+			t.Fatalf("answered after %v, want at least the window %v", elapsed, NonAtomicRefreshWindow)
+		}
+	})
+
+	t.Run("default", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		_, rt := f.login(t)
+		ok := 0
+		for _, r := range f.concurrentRefreshes(t, rt, 2) {
+			switch {
+			case r.status == 200:
+				ok++
+			default:
+				wantError(t, r, 400, "invalid_grant", "Invalid refresh token")
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("%d of 2 concurrent refreshes succeeded, want 1", ok)
+		}
+		if c := f.s.Counters(); c.LiveRefreshTokens != 1 {
+			t.Fatalf("counters %+v", c)
+		}
+	})
+}
+
+// TestConcurrentPresentationsCounted checks that a refresh presenting a token
+// while another request presenting it is in flight is counted, and that
+// sequential presentations are not.
+func TestConcurrentPresentationsCounted(t *testing.T) {
+	f := newFixture(t, Options{})
+	_, rt1 := f.login(t)
+	_, rt2 := f.refresh(t, rt1)
+	f.tokenJSON(t, refreshFields(rt1)) // a replay, not concurrent
+	if c := f.s.Counters(); c.ConcurrentRefreshesOfOneToken != 0 {
+		t.Fatalf("sequential presentations counted as concurrent: %+v", c)
+	}
+
+	// The first refresh is held in flight, after its commit.
+	f.s.InjectFault(Fault{Kind: FaultHold, Grant: "refresh_token", Times: 1})
+	body, _ := json.Marshal(refreshFields(rt2))
+	done := make(chan reply, 1)
+	go func() {
+		r, err := f.send(context.Background(), "POST", TokenPath, "application/json", body, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}()
+	waitFor(t, "the refresh to be held", func() bool { return f.s.Held() == 1 })
+	wantError(t, f.tokenJSON(t, refreshFields(rt2)), 400, "invalid_grant", "Invalid refresh token")
+	f.s.ReleaseHeld()
+	if r := <-done; r.status != 200 {
+		t.Fatalf("held refresh: %d %s", r.status, r.raw)
+	}
+	c := f.s.Counters()
+	if c.ConcurrentRefreshesOfOneToken != 1 {
+		t.Fatalf("ConcurrentRefreshesOfOneToken = %d, want 1", c.ConcurrentRefreshesOfOneToken)
+	}
+	p := f.s.RefreshTokenPresentations()
+	if p[rt1] != 2 || p[rt2] != 2 || len(p) != 2 {
+		t.Fatalf("presentations %v", p)
+	}
+}
+
 // ---- faults ----
 
 // TestFaultsNotProcessed checks the kinds of fault that answer without
