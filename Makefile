@@ -7,6 +7,7 @@ SHELL         := /bin/bash
 .SHELLFLAGS   := -o pipefail -c
 
 VERSION  ?= v0.1.0
+BIN      ?= bin
 PLUGIN   := vault-plugin-secrets-ermeo
 MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
@@ -16,12 +17,13 @@ GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
 all: build
 
-build: bin/$(PLUGIN) bin/fake-ermeo
+# The binaries go to $(BIN) (default bin/; make demo and scripts use bin/).
+build: $(BIN)/$(PLUGIN) $(BIN)/fake-ermeo
 
-bin/$(PLUGIN): $(GOFILES)
+$(BIN)/$(PLUGIN): $(GOFILES)
 	go build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$(PLUGIN)
 
-bin/fake-ermeo: $(GOFILES)
+$(BIN)/fake-ermeo: $(GOFILES)
 	go build -o $@ ./cmd/fake-ermeo
 
 # Prints the path of a vault binary 1.15+, building one once if needed.
@@ -86,4 +88,4 @@ fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZSECS=$(SMOKE_FUZZSECS)
 
 clean:
-	rm -rf bin .demo
+	rm -rf $(BIN) .demo
