@@ -13,15 +13,21 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean
+.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean FORCE
 
 all: build
 
 # The binaries go to $(BIN) (default bin/; make demo and scripts use bin/).
 build: $(BIN)/$(PLUGIN) $(BIN)/fake-ermeo
 
-$(BIN)/$(PLUGIN): $(GOFILES)
+$(BIN)/$(PLUGIN): $(GOFILES) $(BIN)/.version
 	go build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$(PLUGIN)
+
+# The VERSION the plugin was last built with. Its recipe runs every time but
+# rewrites the file only when VERSION differs, so that a new VERSION, and only
+# a new VERSION, rebuilds the plugin (its -ldflags carry the version).
+$(BIN)/.version: FORCE
+	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(VERSION)' ] || printf '%s\n' '$(VERSION)' >$@
 
 $(BIN)/fake-ermeo: $(GOFILES)
 	go build -o $@ ./cmd/fake-ermeo
