@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +75,29 @@ func TestMakeBuildRebuildsWhenTheVersionChanges(t *testing.T) {
 	}
 	if !after.ModTime().Equal(before.ModTime()) {
 		t.Errorf("make build with an unchanged VERSION rebuilt the plugin")
+	}
+}
+
+// TestMakeFuzzSmokeOnlyReplaysTheCorpus checks, with make -n, that make test's
+// fuzz step runs the fuzz targets as plain tests (their seeds and saved
+// corpus) and never fuzzes, so that make test is deterministic, while make
+// fuzz still fuzzes.
+func TestMakeFuzzSmokeOnlyReplaysTheCorpus(t *testing.T) {
+	smoke := runMake(t, "-n", "--no-print-directory", "fuzz-smoke")
+	if !strings.Contains(smoke, `go test -count=1 -run '^(FuzzTokenResponse|FuzzErrorResponse)$' ./internal/ermeo/`) {
+		t.Errorf("make fuzz-smoke does not replay the two fuzz targets:\n%s", smoke)
+	}
+	if strings.Contains(smoke, "-fuzz") {
+		t.Errorf("make fuzz-smoke fuzzes (-fuzz), so make test is not deterministic:\n%s", smoke)
+	}
+	if fuzz := runMake(t, "-n", "--no-print-directory", "fuzz"); !strings.Contains(fuzz, "-fuzz ") || !strings.Contains(fuzz, "-fuzztime 300s") {
+		t.Errorf("make fuzz no longer fuzzes:\n%s", fuzz)
+	}
+	makefile, err := os.ReadFile(filepath.Join(repoRoot(t), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^test:.*\bfuzz-smoke\b`).Match(makefile) {
+		t.Errorf("make test does not run fuzz-smoke")
 	}
 }
