@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,29 +27,47 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	switch err := run(os.Args[1:], os.Stderr); {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUsage):
+		os.Exit(2) // the flag package printed why, and the usage
+	default:
 		fmt.Fprintln(os.Stderr, "fake-ermeo:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	// String flags default to "" so that -help never prints a secret; the
-	// fake applies its own defaults.
+// errUsage is a command line the flags refused; the message is printed.
+var errUsage = errors.New("bad command line")
+
+// run serves until SIGINT or SIGTERM. It writes the usage and flag errors,
+// and its listening line, to stderr; -help returns flag.ErrHelp.
+func run(args []string, stderr io.Writer) error {
+	// The flag set has the command's name, not os.Args[0], so that the usage
+	// names no path (go run's binary lives in a temporary directory). String
+	// flags default to "" so that -help never prints a secret; the fake
+	// applies its own defaults.
+	flags := flag.NewFlagSet("fake-ermeo", flag.ContinueOnError)
+	flags.SetOutput(stderr)
 	var (
-		addr         = flag.String("addr", "127.0.0.1:0", "loopback `host:port` to listen on")
-		addrFile     = flag.String("addr-file", "", "if set, write the base URL to this `file` once listening")
-		clientID     = flag.String("client-id", "", "OAuth client id (default: the one in ermeo-vectors.json)")
-		clientSecret = flag.String("client-secret", "", "OAuth client secret (default: the one in ermeo-vectors.json)")
-		user         = flag.String("user", "", "username (default "+fakeermeo.DefaultUsername+")")
-		password     = flag.String("password", "", "the user's password (default: the one in ermeo-vectors.json)")
-		accessTTL    = flag.Duration("access-ttl", fakeermeo.DefaultAccessTokenTTL, "access token lifetime")
-		refreshTTL   = flag.Duration("refresh-ttl", fakeermeo.DefaultRefreshTokenTTL, "refresh token lifetime")
-		refuseJSON   = flag.Bool("refuse-json", false, "ignore JSON bodies, like the stock server library")
+		addr         = flags.String("addr", "127.0.0.1:0", "loopback `host:port` to listen on")
+		addrFile     = flags.String("addr-file", "", "if set, write the base URL to this `file` once listening")
+		clientID     = flags.String("client-id", "", "OAuth client id (default: the fake's built-in test client)")
+		clientSecret = flags.String("client-secret", "", "OAuth client secret (default: the built-in test client's)")
+		user         = flags.String("user", "", "username (default "+fakeermeo.DefaultUsername+")")
+		password     = flags.String("password", "", "the user's password (default: the built-in test user's)")
+		accessTTL    = flags.Duration("access-ttl", fakeermeo.DefaultAccessTokenTTL, "access token lifetime")
+		refreshTTL   = flags.Duration("refresh-ttl", fakeermeo.DefaultRefreshTokenTTL, "refresh token lifetime")
+		refuseJSON   = flags.Bool("refuse-json", false, "ignore JSON bodies, like the stock server library")
 	)
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", flag.Args())
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if flags.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", flags.Args())
 	}
 	if *accessTTL <= 0 || *refreshTTL <= 0 {
 		return errors.New("-access-ttl and -refresh-ttl must be positive")
@@ -96,7 +115,7 @@ func run() error {
 			return err
 		}
 	}
-	fmt.Fprintf(os.Stderr, "fake-ermeo: listening on %s\n", baseURL)
+	fmt.Fprintf(stderr, "fake-ermeo: listening on %s\n", baseURL)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

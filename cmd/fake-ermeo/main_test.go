@@ -1,10 +1,49 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
+
+// TestHelpNamesNoFileOutsideTheRepository checks that -help names no file
+// outside the repository: no file of the shared specification (which a
+// clone of the repository does not have), no relative path climbing out of
+// it, and not the binary's own path (go run builds it in a temporary
+// directory).
+func TestHelpNamesNoFileOutsideTheRepository(t *testing.T) {
+	for _, arg := range []string{"-help", "-h"} {
+		var out bytes.Buffer
+		if err := run([]string{arg}, &out); !errors.Is(err, flag.ErrHelp) {
+			t.Fatalf("run(%s) = %v, want flag.ErrHelp", arg, err)
+		}
+		help := out.String()
+		if !strings.HasPrefix(help, "Usage of fake-ermeo:\n") || !strings.Contains(help, "-client-secret") {
+			t.Fatalf("%s printed:\n%s", arg, help)
+		}
+		exe, _ := os.Executable()
+		for _, outside := range []string{"../", "/work/shared", "shared/", "ermeo-vectors.json", "ermeo-oauth.md",
+			filepath.Clean(os.TempDir()) + string(filepath.Separator), filepath.Dir(exe), os.Args[0]} {
+			if strings.Contains(help, outside) {
+				t.Errorf("%s output names %q:\n%s", arg, outside, help)
+			}
+		}
+	}
+}
+
+func TestBadFlagIsAUsageError(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"-no-such-flag"}, &out); !errors.Is(err, errUsage) {
+		t.Fatalf("run = %v, want errUsage", err)
+	}
+	if !strings.Contains(out.String(), "flag provided but not defined: -no-such-flag") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+}
 
 func TestCheckLoopback(t *testing.T) {
 	for _, tt := range []struct {

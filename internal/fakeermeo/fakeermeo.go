@@ -12,8 +12,10 @@
 //   - JSON and form bodies (a JSON body is ignored with Options.RefuseJSON, as
 //     with the stock library), client credentials from HTTP Basic auth before
 //     the body, and the library's check order: grant_type format, client id,
-//     client credentials, grant type allowed for the client, then the grant's
-//     own checks, with the library's error codes and descriptions;
+//     client credentials, grant type allowed for the client, the grant's own
+//     checks, then the requested scope (only "user" is supported: any other
+//     is invalid_scope, and a refresh refused for its scope does not consume
+//     its refresh token), with the library's error codes and descriptions;
 //   - the response headers (Content-Type: application/json, Cache-Control:
 //     no-store, private, Pragma: no-cache) and body shapes, with expires_in a
 //     JSON number;
@@ -27,10 +29,16 @@
 //     may also come in the access_token query parameter, and sending it two
 //     ways at once is an invalid_request.
 //
-// Unlike the library, the fake is atomic: every grant is checked and committed
-// under one mutex, so two concurrent refreshes with one token never both
-// succeed. Instead it counts every presentation of an already consumed refresh
-// token (Counters.RefreshTokensUsedTwice), which a correct client never makes.
+// By default the fake is stricter than the library: every grant is checked
+// and committed under one mutex, so two concurrent refreshes with one token
+// never both succeed. With Options.NonAtomicRefresh it is as lax as the
+// library, whose refresh grant reads the refresh token, then stores the new
+// pair and deletes the old token, without a transaction: two concurrent
+// refreshes with one token can both succeed. Either way it counts what a
+// correct client never does: presenting an already consumed refresh token
+// (Counters.RefreshTokensUsedTwice), and presenting a refresh token while
+// another refresh of it is in flight (Counters.ConcurrentRefreshesOfOneToken);
+// RefreshTokenPresentations tells how often each token was presented.
 // The fake implements only the password and refresh_token grants: any other
 // grant type that Options.AllowedGrants allows is answered with
 // unsupported_grant_type and a null error_description.
@@ -54,9 +62,11 @@ import (
 	"encoding/json"
 	"mime"
 	"net/http"
+	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -105,7 +115,21 @@ type Options struct {
 	// AllowedGrants are the grant types allowed for the client; default
 	// ["password", "refresh_token"].
 	AllowedGrants []string
+	// NonAtomicRefresh makes the refresh grant non-atomic, like the
+	// library's: it checks the refresh token under the fake's lock, releases
+	// the lock for a window (NonAtomicRefreshWindow of real time), then
+	// takes it again to issue the new pair and consume the old token without
+	// checking it again. Two refreshes presenting one token whose windows
+	// overlap both succeed, each with its own new pair. A client must not
+	// rely on the server to refuse the second: this option lets a test show
+	// that it never sends one (Counters.ConcurrentRefreshesOfOneToken).
+	NonAtomicRefresh bool
 }
+
+// NonAtomicRefreshWindow is how long a refresh under Options.NonAtomicRefresh
+// waits, with the lock released, between its check and its commit: a stand-in
+// for the library's two inserts before its delete.
+const NonAtomicRefreshWindow = 5 * time.Millisecond
 
 // Counters counts what the token endpoint saw.
 type Counters struct {
@@ -132,6 +156,13 @@ type Counters struct {
 	// AnswersDropped counts successful refreshes whose answer the fake
 	// dropped: each one spent a refresh token the client never heard about.
 	AnswersDropped int `json:"answers_dropped"`
+	// ConcurrentRefreshesOfOneToken counts the refresh_token grant requests
+	// that presented a refresh token while another request presenting the
+	// same token was in flight (received, and its handling not finished:
+	// not yet answered, refused, or dropped). It stays 0 for a client that
+	// serializes its refreshes; under Options.NonAtomicRefresh such a
+	// request may succeed.
+	ConcurrentRefreshesOfOneToken int `json:"concurrent_refreshes_of_one_token"`
 	// LiveRefreshTokens is how many refresh tokens are issued, not
 	// consumed, and not expired at Now().
 	LiveRefreshTokens int `json:"live_refresh_tokens"`
@@ -173,6 +204,14 @@ type Server struct {
 	faults        []*activeFault
 	release       chan struct{} // closed by ReleaseHeld
 	held          int
+	// inFlight counts, per presented refresh token, the refresh_token
+	// grant requests being handled; presented counts every presentation.
+	inFlight  map[string]int
+	presented map[string]int
+
+	// inWindow, if set, replaces the wait of a NonAtomicRefresh window
+	// (tests make windows overlap with it).
+	inWindow func()
 }
 
 // New returns a fake Ermeo configured by opts.
@@ -199,14 +238,16 @@ func New(opts Options) *Server {
 		opts.AllowedGrants = []string{"password", "refresh_token"}
 	}
 	s := &Server{
-		opts:     opts,
-		allowed:  map[string]bool{},
-		users:    map[string]string{},
-		userIDs:  map[string]int{},
-		refresh:  map[string]*refreshToken{},
-		access:   map[string]*accessToken{},
-		counters: Counters{Grants: map[string]map[string]int{}},
-		release:  make(chan struct{}),
+		opts:      opts,
+		allowed:   map[string]bool{},
+		users:     map[string]string{},
+		userIDs:   map[string]int{},
+		refresh:   map[string]*refreshToken{},
+		access:    map[string]*accessToken{},
+		counters:  Counters{Grants: map[string]map[string]int{}},
+		release:   make(chan struct{}),
+		inFlight:  map[string]int{},
+		presented: map[string]int{},
 	}
 	for _, g := range opts.AllowedGrants {
 		s.allowed[g] = true
@@ -275,6 +316,19 @@ func (s *Server) IssuedAccessTokens() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.accessIssued...)
+}
+
+// RefreshTokenPresentations returns, for each refresh token ever presented in
+// a refresh_token grant request (issued by the fake or not), how many
+// requests presented it, whatever their outcome, faulted ones included.
+func (s *Server) RefreshTokenPresentations() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.presented))
+	for tok, n := range s.presented {
+		out[tok] = n
+	}
+	return out
 }
 
 // RefreshTokenLive reports whether tok was issued and is neither consumed nor
@@ -350,6 +404,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	// A replay is judged when the request arrives: one sent before its
 	// token was consumed is not a replay, however long a fault delays it.
 	s.noteReplayLocked(params)
+	if tok := params["refresh_token"]; params["grant_type"] == "refresh_token" && tok != "" {
+		s.presented[tok]++
+		if s.inFlight[tok] > 0 {
+			s.counters.ConcurrentRefreshesOfOneToken++
+		}
+		s.inFlight[tok]++
+		defer s.doneInFlight(tok)
+	}
 	var f *Fault
 	if r.Method == http.MethodPost {
 		f = s.takeFaultLocked(params["grant_type"])
@@ -406,26 +468,20 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 
 // readParams returns the token request's fields: the query string for GET;
 // for POST, the form body, or the JSON body unless RefuseJSON. Fields that
-// are absent, empty or not scalars are left out.
+// are absent, empty or not scalars are left out. A field repeated in a query
+// string or a form takes its last value, as in PHP (url.Values.Get would
+// take the first); so does a repeated JSON key, as with json_decode.
 func (s *Server) readParams(r *http.Request) map[string]string {
 	params := map[string]string{}
 	if r.Method == http.MethodGet {
-		for k, v := range r.URL.Query() {
-			if len(v) > 0 && v[0] != "" {
-				params[k] = v[0]
-			}
-		}
+		lastValues(params, r.URL.Query())
 		return params
 	}
 	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mediaType {
 	case "application/x-www-form-urlencoded", "multipart/form-data":
 		r.ParseMultipartForm(1 << 20)
-		for k, v := range r.PostForm {
-			if len(v) > 0 && v[0] != "" {
-				params[k] = v[0]
-			}
-		}
+		lastValues(params, r.PostForm)
 	case "application/json":
 		if s.opts.RefuseJSON {
 			return params
@@ -454,13 +510,46 @@ func (s *Server) readParams(r *http.Request) map[string]string {
 	return params
 }
 
+// lastValues puts each field's last value into params, unless it is empty.
+func lastValues(params map[string]string, values url.Values) {
+	for k, v := range values {
+		if len(v) > 0 && v[len(v)-1] != "" {
+			params[k] = v[len(v)-1]
+		}
+	}
+}
+
+// doneInFlight ends the handling of a request that presented tok.
+func (s *Server) doneInFlight(tok string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inFlight[tok]--; s.inFlight[tok] <= 0 {
+		delete(s.inFlight, tok)
+	}
+}
+
 // grant runs the library's checks on a token request and commits the
-// result, atomically.
+// result: atomically, except for a refresh under Options.NonAtomicRefresh,
+// whose check and commit are apart.
 func (s *Server) grant(params map[string]string, basicUser, basicPass string) answer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	grantType := params["grant_type"]
-	a := s.checkAndIssueLocked(grantType, params, basicUser, basicPass)
+	g, refused := s.checkLocked(grantType, params, basicUser, basicPass)
+	a := refused
+	if refused.status == 0 {
+		if g.oldRefresh != nil && s.opts.NonAtomicRefresh {
+			wait := s.inWindow
+			s.mu.Unlock()
+			if wait == nil {
+				time.Sleep(NonAtomicRefreshWindow)
+			} else {
+				wait()
+			}
+			s.mu.Lock()
+		}
+		a = s.commitLocked(g)
+	}
 	outcome := "success"
 	if e, ok := a.body.(oauthError); ok {
 		outcome = e.Error
@@ -469,57 +558,110 @@ func (s *Server) grant(params map[string]string, basicUser, basicPass string) an
 	return a
 }
 
-func (s *Server) checkAndIssueLocked(grantType string, params map[string]string, basicUser, basicPass string) answer {
+// checked is a grant that passed every check, ready to be committed.
+type checked struct {
+	clientID, username string
+	// scope is the answer's scope: the requested one, or the default.
+	scope string
+	// oldRefresh is the refresh token a refresh grant consumes on commit.
+	oldRefresh *refreshToken
+	now        time.Time
+}
+
+// supportedScope is the one scope of Ermeo's tokens (the library's
+// supported_scopes, and the scope of every token it issues).
+const supportedScope = "user"
+
+// checkLocked runs grantAccessToken's checks in the library's order: the
+// grant_type format, the client, the grant type allowed for the client, the
+// grant's own checks, then the requested scope. It returns the grant to
+// commit, or the refusal (status != 0).
+func (s *Server) checkLocked(grantType string, params map[string]string, basicUser, basicPass string) (checked, answer) {
 	if !grantTypeFormat.MatchString(grantType) {
-		return fail("invalid_request", "Invalid grant_type parameter or parameter missing")
+		return checked{}, fail("invalid_request", "Invalid grant_type parameter or parameter missing")
 	}
 	clientID, secret := basicUser, basicPass
 	if basicUser == "" {
 		clientID, secret = params["client_id"], params["client_secret"]
 		if clientID == "" {
-			return fail("invalid_client", "Client id was not found in the headers or body")
+			return checked{}, fail("invalid_client", "Client id was not found in the headers or body")
 		}
 	}
 	if clientID != s.opts.ClientID || secret != s.opts.ClientSecret {
-		return fail("invalid_client", "The client credentials are invalid")
+		return checked{}, fail("invalid_client", "The client credentials are invalid")
 	}
 	if !s.allowed[grantType] {
-		return fail("unauthorized_client", "The grant type is unauthorized for this client_id")
+		return checked{}, fail("unauthorized_client", "The grant type is unauthorized for this client_id")
 	}
 
-	now := s.opts.Now()
+	g := checked{clientID: clientID, scope: supportedScope, now: s.opts.Now()}
 	switch grantType {
 	case "password":
 		username, password := params["username"], params["password"]
 		if username == "" || password == "" {
-			return fail("invalid_request", `Missing parameters. "username" and "password" required`)
+			return checked{}, fail("invalid_request", `Missing parameters. "username" and "password" required`)
 		}
 		stored, ok := s.users[username]
 		if !ok || stored != password {
-			return fail("invalid_grant", "Invalid username and password combination")
+			return checked{}, fail("invalid_grant", "Invalid username and password combination")
 		}
-		return s.issueLocked(clientID, username, now)
+		g.username = username
 	case "refresh_token":
 		tok := params["refresh_token"]
 		if tok == "" {
-			return fail("invalid_request", `No "refresh_token" parameter found`)
+			return checked{}, fail("invalid_request", `No "refresh_token" parameter found`)
 		}
 		rt := s.refresh[tok]
 		if rt == nil || rt.consumed || rt.clientID != clientID {
-			return fail("invalid_grant", "Invalid refresh token")
+			return checked{}, fail("invalid_grant", "Invalid refresh token")
 		}
-		if now.After(rt.expires) {
-			return fail("invalid_grant", "Refresh token has expired")
+		if g.now.After(rt.expires) {
+			return checked{}, fail("invalid_grant", "Refresh token has expired")
 		}
-		a := s.issueLocked(clientID, rt.username, now)
-		rt.consumed = true
-		return a
+		// Like the library's $this->oldRefreshToken: noted here, consumed
+		// only by the commit.
+		g.username, g.oldRefresh = rt.username, rt
 	default:
-		return answer{http.StatusBadRequest, oauthError{Error: "unsupported_grant_type"}}
+		return checked{}, answer{http.StatusBadRequest, oauthError{Error: "unsupported_grant_type"}}
 	}
+
+	// The scope is checked after the grant's own checks and before any token
+	// is created or consumed, as in grantAccessToken: a refresh refused here
+	// leaves its refresh token live. PHP's truthiness: "" and "0" ask for
+	// no scope.
+	if requested := params["scope"]; requested != "" && requested != "0" {
+		if !scopeSupported(requested) {
+			return checked{}, fail("invalid_scope", "An unsupported scope was requested.")
+		}
+		g.scope = requested
+	}
+	return g, answer{}
 }
 
-func (s *Server) issueLocked(clientID, username string, now time.Time) answer {
+// scopeSupported is the library's checkScope against the supported scope:
+// every space-separated word of the trimmed request must be that scope.
+func scopeSupported(requested string) bool {
+	for _, word := range strings.Split(strings.Trim(requested, " \t\n\r\x00\x0b"), " ") {
+		if word != supportedScope {
+			return false
+		}
+	}
+	return true
+}
+
+// commitLocked issues the new pair of a checked grant, then consumes the
+// refresh token it presented, if any (the library's createAccessToken). The
+// token is not checked again: under NonAtomicRefresh another refresh may have
+// consumed it since the check, and this one succeeds all the same.
+func (s *Server) commitLocked(g checked) answer {
+	a := s.issueLocked(g.clientID, g.username, g.scope, g.now)
+	if g.oldRefresh != nil {
+		g.oldRefresh.consumed = true
+	}
+	return a
+}
+
+func (s *Server) issueLocked(clientID, username, scope string, now time.Time) answer {
 	at, rt := newToken(), newToken()
 	s.access[at] = &accessToken{clientID, username, now.Add(s.opts.AccessTokenTTL)}
 	s.refresh[rt] = &refreshToken{clientID: clientID, username: username, expires: now.Add(s.opts.RefreshTokenTTL)}
@@ -529,7 +671,7 @@ func (s *Server) issueLocked(clientID, username string, now time.Time) answer {
 		AccessToken:  at,
 		ExpiresIn:    int64(s.opts.AccessTokenTTL / time.Second),
 		TokenType:    "bearer",
-		Scope:        "user",
+		Scope:        scope,
 		RefreshToken: rt,
 	}}
 }
@@ -623,10 +765,11 @@ func (s *Server) serveProfile(w http.ResponseWriter, r *http.Request) {
 	}
 	switch len(tokens) {
 	case 0:
-		// FOSOAuthServerBundle's entry point, as recorded: no
-		// WWW-Authenticate, Symfony's default Cache-Control.
-		w.Header().Set("Cache-Control", "no-cache, private")
-		writeJSON(w, http.StatusUnauthorized, oauthError{"access_denied", ptr("OAuth2 authentication required")})
+		// No usable Bearer token (no Authorization header, a lowercase
+		// "bearer", another scheme): FOSOAuthServerBundle's entry point
+		// (OAuthEntryPoint::start) answers an OAuth2AuthenticateException,
+		// with the same headers as the library's other 401s.
+		authenticateError(w, http.StatusUnauthorized, "access_denied", "OAuth2 authentication required")
 		return
 	case 1:
 	default:
@@ -688,5 +831,3 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 }
-
-func ptr(s string) *string { return &s }

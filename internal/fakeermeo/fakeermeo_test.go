@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -444,6 +445,125 @@ func TestBodyFormats(t *testing.T) {
 	}
 }
 
+// TestScope checks the library's scope check: only "user" (every word of
+// the request) is supported, and the check runs after the grant's own checks
+// and before any token is created or consumed.
+func TestScope(t *testing.T) {
+	f := newFixture(t, Options{})
+	withScope := func(fields map[string]string, scope string) map[string]string {
+		fields["scope"] = scope
+		return fields
+	}
+	for _, scope := range []string{"admin", "user admin", "User", "users", "user\tuser"} {
+		t.Run(fmt.Sprintf("password grant, scope %q", scope), func(t *testing.T) {
+			before := len(f.s.IssuedRefreshTokens())
+			wantError(t, f.tokenJSON(t, withScope(passwordFields(), scope)), 400, "invalid_scope", "An unsupported scope was requested.")
+			wantError(t, f.tokenForm(t, withScope(passwordFields(), scope), nil), 400, "invalid_scope", "An unsupported scope was requested.")
+			if len(f.s.IssuedRefreshTokens()) != before {
+				t.Fatal("a grant refused for its scope issued tokens")
+			}
+		})
+	}
+	for _, tt := range []struct{ scope, answered string }{
+		{"user", "user"},
+		{"", "user"}, // an empty field is no field
+		{"user user", "user user"},
+	} {
+		t.Run(fmt.Sprintf("password grant, scope %q", tt.scope), func(t *testing.T) {
+			r := f.tokenJSON(t, withScope(passwordFields(), tt.scope))
+			if r.status != 200 || r.str("scope") != tt.answered {
+				t.Fatalf("got %d %s, want 200 with scope %q", r.status, r.raw, tt.answered)
+			}
+		})
+	}
+	t.Run("password grant, no scope", func(t *testing.T) {
+		if r := f.tokenJSON(t, passwordFields()); r.status != 200 || r.str("scope") != "user" {
+			t.Fatalf("got %d %s", r.status, r.raw)
+		}
+	})
+
+	t.Run("refresh grant", func(t *testing.T) {
+		_, rt := f.login(t)
+		wantError(t, f.tokenJSON(t, withScope(refreshFields(rt), "admin")), 400, "invalid_scope", "An unsupported scope was requested.")
+		if !f.s.RefreshTokenLive(rt) {
+			t.Fatal("a refresh refused for its scope consumed the refresh token")
+		}
+		r := f.tokenJSON(t, withScope(refreshFields(rt), "user"))
+		if r.status != 200 || r.str("scope") != "user" || f.s.RefreshTokenLive(rt) {
+			t.Fatalf("refresh with scope user: %d %s", r.status, r.raw)
+		}
+		f.refresh(t, r.str("refresh_token")) // and without a scope
+	})
+
+	t.Run("the grant's own checks come first", func(t *testing.T) {
+		fields := withScope(passwordFields(), "admin")
+		fields["password"] = "wrong"
+		wantError(t, f.tokenJSON(t, fields), 400, "invalid_grant", "Invalid username and password combination")
+		wantError(t, f.tokenJSON(t, withScope(refreshFields("nope"), "admin")), 400, "invalid_grant", "Invalid refresh token")
+		fields = withScope(passwordFields(), "admin")
+		fields["client_secret"] = "wrong"
+		wantError(t, f.tokenJSON(t, fields), 400, "invalid_client", "The client credentials are invalid")
+	})
+
+	c := f.s.Counters()
+	if c.Grants["password"]["invalid_scope"] != 10 || c.Grants["refresh_token"]["invalid_scope"] != 1 {
+		t.Fatalf("invalid_scope counts: %v", c.Grants)
+	}
+}
+
+// TestRepeatedFieldTakesLastValue checks PHP's reading of a repeated field
+// in a form body or a query string: the last value wins, and a last value
+// that is empty makes the field empty.
+func TestRepeatedFieldTakesLastValue(t *testing.T) {
+	f := newFixture(t, Options{})
+	_, rt := f.login(t)
+	client := "client_id=" + url.QueryEscape(DefaultClientID) + "&client_secret=" + url.QueryEscape(DefaultClientSecret)
+	user := "&username=" + url.QueryEscape(DefaultUsername)
+	post := func(body string) reply {
+		return f.mustSend(t, "POST", TokenPath, "application/x-www-form-urlencoded", []byte(body), nil)
+	}
+	tests := []struct {
+		name, body string
+		status     int
+		code, desc string
+	}{
+		{"password, right one last", "grant_type=password&" + client + user + "&password=wrong&password=" + DefaultPassword, 200, "", ""},
+		{"password, wrong one last", "grant_type=password&" + client + user + "&password=" + DefaultPassword + "&password=wrong", 400,
+			"invalid_grant", "Invalid username and password combination"},
+		{"password, empty one last", "grant_type=password&" + client + user + "&password=" + DefaultPassword + "&password=", 400,
+			"invalid_request", `Missing parameters. "username" and "password" required`},
+		{"grant_type", "grant_type=refresh_token&grant_type=password&" + client + user + "&password=" + DefaultPassword, 200, "", ""},
+		{"client_secret", "grant_type=password&" + client + "&client_secret=wrong" + user + "&password=" + DefaultPassword, 400,
+			"invalid_client", "The client credentials are invalid"},
+		{"refresh_token", "grant_type=refresh_token&" + client + "&refresh_token=nope&refresh_token=" + rt, 200, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := post(tt.body)
+			if tt.status == 200 {
+				if r.status != 200 || !isToken(r.str("refresh_token")) {
+					t.Fatalf("got %d %s, want 200", r.status, r.raw)
+				}
+				return
+			}
+			wantError(t, r, tt.status, tt.code, tt.desc)
+		})
+	}
+	t.Run("JSON body", func(t *testing.T) {
+		body := `{"grant_type":"password","client_id":"` + DefaultClientID + `","client_secret":"` + DefaultClientSecret +
+			`","username":"` + DefaultUsername + `","password":"wrong","password":"` + DefaultPassword + `"}`
+		if r := f.mustSend(t, "POST", TokenPath, "application/json", []byte(body), nil); r.status != 200 {
+			t.Fatalf("got %d %s, want 200", r.status, r.raw)
+		}
+	})
+	t.Run("query string of a GET", func(t *testing.T) {
+		r := f.mustSend(t, "GET", TokenPath+"?grant_type=password&"+client+user+"&password=wrong&password="+DefaultPassword, "", nil, nil)
+		if r.status != 200 {
+			t.Fatalf("got %d %s, want 200", r.status, r.raw)
+		}
+	})
+}
+
 func TestBasicAuth(t *testing.T) {
 	f := newFixture(t, Options{})
 	basic := func(id, secret string) map[string]string {
@@ -541,6 +661,43 @@ func TestProfileTokenPlacement(t *testing.T) {
 	}
 }
 
+// TestProfileWithoutToken checks the entry point's 401 for each way of
+// sending no usable Bearer token: the same answer, headers included, as the
+// vector "profile without token".
+func TestProfileWithoutToken(t *testing.T) {
+	f := newFixture(t, Options{})
+	at, _ := f.login(t)
+	wantHeader := map[string]string{
+		"WWW-Authenticate": `Bearer realm="Service", error="access_denied", error_description="OAuth2 authentication required"`,
+		"Content-Type":     "application/json",
+		"Cache-Control":    "no-store, private",
+		"Pragma":           "no-cache",
+	}
+	for _, tt := range []struct {
+		name   string
+		header map[string]string
+	}{
+		{"no Authorization header", nil},
+		{"lowercase bearer", map[string]string{"Authorization": "bearer " + at}},
+		{"Basic scheme", map[string]string{"Authorization": "Basic Zm9vOmJhcg=="}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := f.mustSend(t, "GET", ProfilePath, "", nil, tt.header)
+			if r.status != http.StatusUnauthorized {
+				t.Errorf("status %d, want 401 (%s)", r.status, r.raw)
+			}
+			for k, want := range wantHeader {
+				if got := r.header.Values(k); len(got) != 1 || got[0] != want {
+					t.Errorf("header %s: %q, want [%q]", k, got, want)
+				}
+			}
+			if got, want := string(bytes.TrimSpace(r.raw)), `{"error":"access_denied","error_description":"OAuth2 authentication required"}`; got != want {
+				t.Errorf("body %s, want %s", got, want)
+			}
+		})
+	}
+}
+
 func TestCountersEndpoint(t *testing.T) {
 	f := newFixture(t, Options{})
 	_, rt := f.login(t)
@@ -613,6 +770,149 @@ func TestConcurrentRefreshes(t *testing.T) {
 	c := f.s.Counters()
 	if c.RefreshTokensUsedTwice != n-1 || c.LiveRefreshTokens != 1 || c.Grants["refresh_token"]["invalid_grant"] != n-1 {
 		t.Fatalf("counters %+v", c)
+	}
+}
+
+// concurrentRefreshes sends n refresh grants presenting tok at once and
+// returns their replies.
+func (f *fixture) concurrentRefreshes(t *testing.T, tok string, n int) []reply {
+	t.Helper()
+	body, _ := json.Marshal(refreshFields(tok))
+	replies := make([]reply, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := f.send(context.Background(), "POST", TokenPath, "application/json", body, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			replies[i] = r
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return replies
+}
+
+// TestNonAtomicRefresh checks Options.NonAtomicRefresh: two concurrent
+// refreshes presenting one token both succeed, as with the library, where by
+// default only one does; both are counted as concurrent presentations.
+func TestNonAtomicRefresh(t *testing.T) {
+	t.Run("NonAtomicRefresh", func(t *testing.T) {
+		f := newFixture(t, Options{NonAtomicRefresh: true})
+		_, rt := f.login(t)
+		// Each refresh waits in its window until the other is there too
+		// (or 5 s): both have passed the check before either commits.
+		var mu sync.Mutex
+		arrived, both := 0, make(chan struct{})
+		f.s.mu.Lock()
+		f.s.inWindow = func() {
+			mu.Lock()
+			if arrived++; arrived == 2 {
+				close(both)
+			}
+			mu.Unlock()
+			select {
+			case <-both:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		f.s.mu.Unlock()
+
+		replies := f.concurrentRefreshes(t, rt, 2)
+		for i, r := range replies {
+			if r.status != 200 || !f.s.RefreshTokenLive(r.str("refresh_token")) || !f.s.AccessTokenValid(r.str("access_token")) {
+				t.Fatalf("refresh %d: %d %s, want 200 with a live pair", i, r.status, r.raw)
+			}
+		}
+		if replies[0].str("refresh_token") == replies[1].str("refresh_token") {
+			t.Fatal("both refreshes got the same refresh token")
+		}
+		if f.s.RefreshTokenLive(rt) {
+			t.Fatal("the presented refresh token is still live")
+		}
+		c := f.s.Counters()
+		if c.Grants["refresh_token"]["success"] != 2 || c.ConcurrentRefreshesOfOneToken != 1 ||
+			c.RefreshTokensUsedTwice != 0 || c.LiveRefreshTokens != 2 {
+			t.Fatalf("counters %+v", c)
+		}
+		// Once consumed, the token is refused like any used one.
+		wantError(t, f.tokenJSON(t, refreshFields(rt)), 400, "invalid_grant", "Invalid refresh token")
+		if c := f.s.Counters(); c.RefreshTokensUsedTwice != 1 || f.s.RefreshTokenPresentations()[rt] != 3 {
+			t.Fatalf("after a replay: counters %+v, presentations %d", c, f.s.RefreshTokenPresentations()[rt])
+		}
+		// A refresh without a rival waits its window and succeeds.
+		f.s.mu.Lock()
+		f.s.inWindow = nil
+		f.s.mu.Unlock()
+		start := time.Now()
+		f.refresh(t, replies[0].str("refresh_token"))
+		if elapsed := time.Since(start); elapsed < NonAtomicRefreshWindow {
+			t.Fatalf("answered after %v, want at least the window %v", elapsed, NonAtomicRefreshWindow)
+		}
+	})
+
+	t.Run("default", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		_, rt := f.login(t)
+		ok := 0
+		for _, r := range f.concurrentRefreshes(t, rt, 2) {
+			switch {
+			case r.status == 200:
+				ok++
+			default:
+				wantError(t, r, 400, "invalid_grant", "Invalid refresh token")
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("%d of 2 concurrent refreshes succeeded, want 1", ok)
+		}
+		if c := f.s.Counters(); c.LiveRefreshTokens != 1 {
+			t.Fatalf("counters %+v", c)
+		}
+	})
+}
+
+// TestConcurrentPresentationsCounted checks that a refresh presenting a token
+// while another request presenting it is in flight is counted, and that
+// sequential presentations are not.
+func TestConcurrentPresentationsCounted(t *testing.T) {
+	f := newFixture(t, Options{})
+	_, rt1 := f.login(t)
+	_, rt2 := f.refresh(t, rt1)
+	f.tokenJSON(t, refreshFields(rt1)) // a replay, not concurrent
+	if c := f.s.Counters(); c.ConcurrentRefreshesOfOneToken != 0 {
+		t.Fatalf("sequential presentations counted as concurrent: %+v", c)
+	}
+
+	// The first refresh is held in flight, after its commit.
+	f.s.InjectFault(Fault{Kind: FaultHold, Grant: "refresh_token", Times: 1})
+	body, _ := json.Marshal(refreshFields(rt2))
+	done := make(chan reply, 1)
+	go func() {
+		r, err := f.send(context.Background(), "POST", TokenPath, "application/json", body, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}()
+	waitFor(t, "the refresh to be held", func() bool { return f.s.Held() == 1 })
+	wantError(t, f.tokenJSON(t, refreshFields(rt2)), 400, "invalid_grant", "Invalid refresh token")
+	f.s.ReleaseHeld()
+	if r := <-done; r.status != 200 {
+		t.Fatalf("held refresh: %d %s", r.status, r.raw)
+	}
+	c := f.s.Counters()
+	if c.ConcurrentRefreshesOfOneToken != 1 {
+		t.Fatalf("ConcurrentRefreshesOfOneToken = %d, want 1", c.ConcurrentRefreshesOfOneToken)
+	}
+	p := f.s.RefreshTokenPresentations()
+	if p[rt1] != 2 || p[rt2] != 2 || len(p) != 2 {
+		t.Fatalf("presentations %v", p)
 	}
 }
 
