@@ -30,7 +30,7 @@ func TestNonAtomicServerSeesEachRefreshTokenOnce(t *testing.T) {
 		ticks     = 3
 	)
 	e := newTestEnv(t, fakeermeo.Options{NonAtomicRefresh: true})
-	e.configure()
+	e.configureUnchecked() // the credentials check presents a token that cannot exist
 	e.createAccount("app", map[string]any{"rotation_period": "1h"})
 	periodic := &logical.Request{Storage: e.storage, MountPoint: testMount}
 
