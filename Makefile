@@ -60,20 +60,32 @@ fmt-check:
 # and print the Vault version and their figures (hence -v).
 test: fmt-check vet unit chaos-short fuzz-smoke e2e
 
+# The two campaigns run in their own step (chaos-short), with their tables.
+CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign)$$
+
 unit:
-	go test -race -count=1 $$(go list ./... | grep -v /internal/e2e)
+	go test -race -count=1 -skip '$(CAMPAIGNS)' $$(go list ./... | grep -v /internal/e2e)
 
 e2e:
 	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -v ./internal/e2e/
 
-# The chaos campaign (randomized schedules of faults, crashes and restarts)
-# with its table. `make test` runs 500 schedules; `make chaos` runs 5000.
-CHAOS_SCHEDULES ?= 5000
+# The campaigns, each printing its table and its seed:
+#   the chaos campaign: randomized schedules of readers, faults, crashes and restarts;
+#   the operator campaign: randomized operator requests, valid and invalid, with upstream faults.
+# `make chaos` runs 5000 schedules and 3000 sequences from a new seed each time
+# (CHAOS_SEED=... OPERATOR_SEED=... to replay); `make test` runs 500 and 300
+# from fixed seeds, so that it is deterministic.
+CHAOS_SCHEDULES     ?= 5000
+OPERATOR_SEQUENCES  ?= 3000
+CHAOS_SEED          ?= $(shell date +%s%N)
+OPERATOR_SEED       ?= $(shell date +%s%N)
 chaos:
-	ERMEO_CHAOS_SCHEDULES=$(CHAOS_SCHEDULES) go test -race -count=1 -run '^TestChaosCampaign$$' -v . | grep -v '^20[0-9][0-9]-' | grep -v '^    --- PASS\|^=== RUN\|^    .*: read [0-9]'
+	ERMEO_CHAOS_SCHEDULES=$(CHAOS_SCHEDULES) ERMEO_CHAOS_SEED=$(CHAOS_SEED) \
+	ERMEO_OPERATOR_SEQUENCES=$(OPERATOR_SEQUENCES) ERMEO_OPERATOR_SEED=$(OPERATOR_SEED) \
+	go test -race -count=1 -run '$(CAMPAIGNS)' -v . | grep -v '^20[0-9][0-9]-' | grep -v '^    --- PASS\|^=== RUN\|^    .*: read [0-9]'
 
 chaos-short:
-	@$(MAKE) --no-print-directory chaos CHAOS_SCHEDULES=500
+	@$(MAKE) --no-print-directory chaos CHAOS_SCHEDULES=500 OPERATOR_SEQUENCES=300 CHAOS_SEED=20261201 OPERATOR_SEED=20261201
 
 FUZZ_TARGETS   := FuzzTokenResponse FuzzErrorResponse
 FUZZSECS       ?= 300

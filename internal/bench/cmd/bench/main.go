@@ -288,6 +288,18 @@ func read(c *api.Client, path string) func(context.Context, int) error {
 	}
 }
 
+// rotate is a load operation: one forced rotation of an account (a write of
+// accounts/<name>/rotate), which must return the account's status.
+func rotate(c *api.Client, path string) func(context.Context, int) error {
+	return func(ctx context.Context, _ int) error {
+		s, err := c.Logical().WriteWithContext(ctx, path, nil)
+		if err == nil && (s == nil || s.Data == nil) {
+			err = fmt.Errorf("write %s: no data", path)
+		}
+		return err
+	}
+}
+
 // storagePerOp runs op n times in a row and returns the storage reads and
 // writes (barrier gets and puts, from Vault's metrics) per op. A run during
 // which a periodic tick ended is done again, so that the tick's storage calls
