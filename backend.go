@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -36,9 +36,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 type backend struct {
 	*framework.Backend
 
-	// accountLocks serialize every read-modify-write of one account and
-	// every rotation of its refresh chain. Never hold two at once.
-	accountLocks []*locksutil.LockEntry
+	// store is every account's state: cache, unsaved overlay, schedule.
+	store *accountStore
 
 	// now is the clock; tests inject their own.
 	now func() time.Time
@@ -47,20 +46,9 @@ type backend struct {
 	httpClient *http.Client
 	caClient   atomic.Pointer[caClient]
 
-	// unsaved holds, per account, a refreshed pair whose storage write failed:
-	// it is served from memory and written again at the next chance, so that
-	// a failed write never drops a refresh token that Ermeo already issued.
-	// Guarded by unsavedMu, and only changed under the account's lock.
-	unsavedMu sync.Mutex
-	unsaved   map[string]*accountEntry
-
-	// schedule is when each account's idle chain is next due for rotation.
-	schedule *schedule
-
-	// accounts and config cache what storage holds, so that a read of a
-	// token with enough life left makes no storage call. Written through by
-	// every write; dropped by Invalidate when another node changes a key.
-	accounts sync.Map // name -> *accountEntry (never mutated once stored)
+	// config caches what storage holds, so that a read of a token with
+	// enough life left makes no storage call. Written through by every
+	// write; dropped by Invalidate when another node changes it.
 	config   atomic.Pointer[cachedConfig]
 	// configMu serializes config writes and deletes (read-modify-writes).
 	configMu sync.Mutex
@@ -78,13 +66,11 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		httpClient = defaultHTTPClient()
 	}
 	b := &backend{
-		accountLocks: locksutil.CreateLocks(),
-		now:          now,
-		httpClient:   httpClient,
-		unsaved:      map[string]*accountEntry{},
-		schedule:     newSchedule(),
-		metrics:      newMetrics(),
+		now:        now,
+		httpClient: httpClient,
+		metrics:    newMetrics(),
 	}
+	b.store = newAccountStore(now, b.cachedConfig, func() hclog.Logger { return b.Logger() })
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -157,11 +143,6 @@ func takesFields(op logical.Operation) bool {
 	return false
 }
 
-// accountLock returns the lock that serializes everything done to one account.
-func (b *backend) accountLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.accountLocks, name)
-}
-
 // defaultHTTPClient is one client for every call to Ermeo, so that
 // connections are reused: TLS 1.2 or newer, certificates always verified,
 // proxies from the environment, no overall timeout (each call is bounded by
@@ -227,72 +208,16 @@ func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*con
 	return cfg, nil
 }
 
+// cachedConfig is the config in memory, or nil if it is not loaded (or none).
+func (b *backend) cachedConfig() *configEntry {
+	if c := b.config.Load(); c != nil {
+		return c.cfg
+	}
+	return nil
+}
+
 // cacheConfig records what was just written to storage.
 func (b *backend) cacheConfig(cfg *configEntry) { b.config.Store(&cachedConfig{cfg: cfg}) }
-
-// loadAccountCached returns the newest known state of an account without
-// taking its lock: a refreshed pair waiting to be stored, or the cached entry,
-// or storage. For reads that hand out a token with enough life left; anything
-// that may spend a refresh token re-reads with loadAccountLocked.
-func (b *backend) loadAccountCached(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
-	if a := b.unsavedAccount(name); a != nil {
-		return a, nil
-	}
-	if v, ok := b.accounts.Load(name); ok {
-		c := *v.(*accountEntry)
-		return &c, nil
-	}
-	a, err := loadAccount(ctx, s, name)
-	if err != nil || a == nil {
-		return a, err
-	}
-	c := *a
-	// A writer's entry, stored meanwhile, is newer than this read: keep it.
-	b.accounts.LoadOrStore(name, &c)
-	return a, nil
-}
-
-// loadAccountLocked re-reads an account from storage (or a refreshed pair
-// waiting to be stored), never from the cache: a token whose successor is
-// already stored is never sent again. Called with the account's lock held.
-func (b *backend) loadAccountLocked(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
-	if a := b.unsavedAccount(name); a != nil {
-		return a, nil
-	}
-	a, err := loadAccount(ctx, s, name)
-	if err != nil {
-		return nil, err
-	}
-	if a == nil {
-		b.accounts.Delete(name)
-		return nil, nil
-	}
-	c := *a
-	b.accounts.Store(name, &c)
-	return a, nil
-}
-
-// saveAccountLocked writes an account to storage, then to the cache. Called
-// with the account's lock held.
-func (b *backend) saveAccountLocked(ctx context.Context, s logical.Storage, name string, a *accountEntry) error {
-	if err := saveAccount(ctx, s, name, a); err != nil {
-		return err
-	}
-	c := *a
-	b.accounts.Store(name, &c)
-	return nil
-}
-
-// deleteAccountLocked forgets an account everywhere. Called with its lock held.
-func (b *backend) deleteAccountLocked(ctx context.Context, s logical.Storage, name string) error {
-	if err := deleteAccount(ctx, s, name); err != nil {
-		return err
-	}
-	b.accounts.Delete(name)
-	b.forgetUnsaved(name)
-	b.unschedule(name)
-	return nil
-}
 
 // invalidate drops what another node changed (performance standbys and
 // secondaries get the active node's writes this way).
@@ -301,7 +226,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case key == configKey:
 		b.config.Store(nil)
 	case strings.HasPrefix(key, accountPrefix):
-		b.accounts.Delete(strings.TrimPrefix(key, accountPrefix))
+		b.store.invalidate(strings.TrimPrefix(key, accountPrefix))
 	}
 }
 

@@ -174,9 +174,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 	passwordGrantsByOps := len(names)
 
 	restart := func() {
-		e.b.unsavedMu.Lock()
-		st.pairsLostInMemory += len(e.b.unsaved)
-		e.b.unsavedMu.Unlock()
+		st.pairsLostInMemory += e.b.store.unsavedCount()
 		store = &crashableStorage{inner: e.storage}
 		e.useStorage(store)
 		e.restart()
@@ -278,7 +276,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 
 		// Invariant: an active account with no intent record holds a live chain.
 		for _, n := range names {
-			a, err := e.b.loadAccountLocked(context.Background(), e.storage, n)
+			a, err := e.b.store.getLocked(context.Background(), e.storage, n)
 			if err != nil || a == nil {
 				t.Fatalf("step %d: account %s: %v", step, n, err)
 			}

@@ -3,11 +3,8 @@ package ermeosecrets
 import (
 	"context"
 	"errors"
-	"sync"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/queue"
 )
 
 // Keep-alive: an Ermeo refresh token dies 2 weeks after it was issued, so a
@@ -25,66 +22,13 @@ import (
 // maxRotationsPerTick bounds one tick's work; the rest stays due for the next.
 const maxRotationsPerTick = 100
 
-type schedule struct {
-	mu     sync.Mutex
-	queue  *queue.PriorityQueue
-	loaded bool // the queue holds every account
-	// stopLoading cancels a load in progress (Clean).
-	stopLoading context.CancelFunc
-}
-
-func newSchedule() *schedule {
-	return &schedule{queue: queue.New()}
-}
-
-// dueAt is when the periodic function should next look at an account, and
-// whether it should at all.
-func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
-	switch {
-	case a.State == stateNeedsReauth:
-		// Only an operator (or a kept password, tried when the chain was
-		// found gone) can restart it; retrying a refused password on a
-		// timer could lock the user out.
-		return time.Time{}, false
-	case !a.NextAttemptAt.IsZero():
-		return a.NextAttemptAt, true
-	case a.RotationIntent != nil, a.RefreshToken == "", a.RefreshTokenIssuedAt.IsZero():
-		// An interrupted refresh, or a chain to start: resolve it soon.
-		return now, true
-	default:
-		return a.RefreshTokenIssuedAt.Add(effectiveRotationPeriod(a, cfg)), true
-	}
-}
-
-// reschedule puts an account in the keep-alive schedule at its due time.
-func (b *backend) reschedule(name string, a *accountEntry, cfg *configEntry) {
-	_, _ = b.schedule.queue.PopByKey(name)
-	due, ok := dueAt(a, cfg, b.now())
-	if !ok {
-		return
-	}
-	if err := b.schedule.queue.Push(&queue.Item{Key: name, Priority: due.Unix()}); err != nil {
-		b.Logger().Error("could not schedule the account's keep-alive", "account", name, "error", err)
-	}
-}
-
-// retryNextTick schedules an account that keepAlive could not handle for the
-// next periodic tick.
-func (b *backend) retryNextTick(name string) {
-	_ = b.schedule.queue.Push(&queue.Item{Key: name, Priority: b.now().Add(time.Minute).Unix()})
-}
-
-func (b *backend) unschedule(name string) {
-	_, _ = b.schedule.queue.PopByKey(name)
-}
-
 // initialize runs when the mount starts on a node that may write: it loads
 // the schedule in the background, and reports interrupted refreshes.
 func (b *backend) initialize(_ context.Context, req *logical.InitializationRequest) error {
 	ctx, cancel := context.WithCancel(context.Background())
-	b.schedule.mu.Lock()
-	b.schedule.stopLoading = cancel
-	b.schedule.mu.Unlock()
+	b.store.loadMu.Lock()
+	b.store.stopLoading = cancel
+	b.store.loadMu.Unlock()
 	go func() {
 		if err := b.loadSchedule(ctx, req.Storage); err != nil && !errors.Is(err, context.Canceled) {
 			b.Logger().Error("could not load the keep-alive schedule; the next periodic tick tries again", "error", err)
@@ -95,10 +39,10 @@ func (b *backend) initialize(_ context.Context, req *logical.InitializationReque
 
 // clean stops what initialize started.
 func (b *backend) clean(context.Context) {
-	b.schedule.mu.Lock()
-	defer b.schedule.mu.Unlock()
-	if b.schedule.stopLoading != nil {
-		b.schedule.stopLoading()
+	b.store.loadMu.Lock()
+	defer b.store.loadMu.Unlock()
+	if b.store.stopLoading != nil {
+		b.store.stopLoading()
 	}
 }
 
@@ -106,13 +50,12 @@ func (b *backend) clean(context.Context) {
 // intent record left behind are due at once: their stored refresh token may
 // have been spent, and the next refresh finds out.
 func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
-	b.schedule.mu.Lock()
-	defer b.schedule.mu.Unlock()
-	if b.schedule.loaded {
+	b.store.loadMu.Lock()
+	defer b.store.loadMu.Unlock()
+	if b.store.loaded {
 		return nil
 	}
-	cfg, err := b.loadConfigCached(ctx, s)
-	if err != nil {
+	if _, err := b.loadConfigCached(ctx, s); err != nil {
 		return err
 	}
 	names, err := listAccounts(ctx, s)
@@ -124,11 +67,11 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		lock := b.accountLock(name)
+		lock := b.store.lock(name)
 		lock.RLock()
-		a, err := b.loadAccountLocked(ctx, s, name)
+		a, err := b.store.getLocked(ctx, s, name)
 		if err == nil && a != nil {
-			b.reschedule(name, a, cfg)
+			b.store.schedule(name, a)
 			if a.RotationIntent != nil {
 				interrupted++
 				b.Logger().Warn("found an interrupted refresh: the stored refresh token may be spent; the next refresh finds out",
@@ -140,7 +83,7 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 			return err
 		}
 	}
-	b.schedule.loaded = true
+	b.store.loaded = true
 	b.Logger().Info("keep-alive schedule loaded", "accounts", len(names), "interrupted_refreshes", interrupted)
 	return nil
 }
@@ -148,9 +91,9 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 // rescheduleAll makes the next tick reload the schedule: after config changes
 // the default rotation period.
 func (b *backend) rescheduleAll() {
-	b.schedule.mu.Lock()
-	b.schedule.loaded = false
-	b.schedule.mu.Unlock()
+	b.store.loadMu.Lock()
+	b.store.loaded = false
+	b.store.loadMu.Unlock()
 }
 
 // periodic is Vault's periodic function: it rotates the chains that are due.
@@ -158,7 +101,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	b.flushUnsaved(ctx, req.Storage)
+	b.store.flush(ctx, req.Storage)
 	if err := b.loadSchedule(ctx, req.Storage); err != nil {
 		return err
 	}
@@ -167,46 +110,43 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 		return err
 	}
 	now := b.now()
+	seen := map[string]bool{}
 	for i := 0; i < maxRotationsPerTick; i++ {
-		item, err := b.schedule.queue.Pop()
-		if errors.Is(err, queue.ErrEmpty) {
-			return nil
-		}
-		if err != nil {
+		name, ok, err := b.store.nextDue(now)
+		if err != nil || !ok {
 			return err
 		}
-		if item.Priority > now.Unix() {
-			_ = b.schedule.queue.Push(item)
-			return nil
+		// An account is handled once a tick: one whose outcome could not be
+		// written is still due now, and waits for the next tick.
+		if seen[name] {
+			continue
 		}
-		b.keepAlive(ctx, req, cfg, item.Key)
+		seen[name] = true
+		b.keepAlive(ctx, req, cfg, name)
 	}
 	return nil
 }
 
-// keepAlive rotates one account's chain if it is still due.
+// keepAlive rotates one account's chain if it is still due. The schedule
+// follows from what the rotation writes (every write reschedules); an
+// account left as it was is looked at again at a later tick.
 func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *configEntry, name string) {
-	lock := b.accountLock(name)
+	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	a, err := b.loadAccountLocked(ctx, req.Storage, name)
+	a, err := b.store.getLocked(ctx, req.Storage, name)
 	if err != nil {
 		b.Logger().Error("keep-alive could not read the account", "account", name, "error", err)
-		b.retryNextTick(name)
 		return
 	}
 	if a == nil {
 		return
 	}
 	if due, ok := dueAt(a, cfg, b.now()); !ok || due.After(b.now()) {
-		b.reschedule(name, a, cfg)
+		b.store.schedule(name, a)
 		return
 	}
-	result, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name}, a)
-	if result == nil {
-		b.retryNextTick(name) // the rotation did not reschedule it
-	}
-	if err != nil {
+	if _, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name}, a); err != nil {
 		b.Logger().Warn("keep-alive rotation failed", "account", name, "error", err)
 		return
 	}

@@ -27,13 +27,13 @@ func TestIdleChainSurvivesWeeksThanksToThePeriodicFunction(t *testing.T) {
 	e.createAccount("idle", nil)
 	e.createAccount("control", nil)
 	// "control" is deleted from the schedule to show what happens without it.
-	e.b.unschedule("control")
+	_, _ = e.b.store.queue.PopByKey("control")
 
 	// 20 days of hourly ticks; nobody reads either account.
 	for h := 0; h < 20*24; h++ {
 		e.clock.Advance(time.Hour)
 		e.tick()
-		e.b.unschedule("control")
+		_, _ = e.b.store.queue.PopByKey("control")
 		if h == 13*24 {
 			a := e.stored("idle")
 			if age := e.clock.Now().Sub(a.RefreshTokenIssuedAt); age > 7*24*time.Hour {
@@ -172,7 +172,7 @@ func TestInitializeFindsAnInterruptedRefreshAndTheNextTickResolvesIt(t *testing.
 	if err := b2.Initialize(t.Context(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { b2.schedule.mu.Lock(); defer b2.schedule.mu.Unlock(); return b2.schedule.loaded })
+	waitFor(t, func() bool { b2.store.loadMu.Lock(); defer b2.store.loadMu.Unlock(); return b2.store.loaded })
 	e.tick()
 	a := e.stored("app")
 	if a.RotationIntent != nil || a.Generation != 2 || a.State != stateActive {

@@ -153,13 +153,11 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	now := b.now()
 	expiresIn := map[string]any{}
 	byState := map[string]any{}
-	b.accounts.Range(func(k, v any) bool {
-		a := v.(*accountEntry)
+	b.store.each(func(name string, a *accountEntry) {
 		byState[a.State] = toInt(byState[a.State]) + 1
 		if a.RefreshToken != "" && !a.RefreshTokenIssuedAt.IsZero() {
-			expiresIn[k.(string)] = int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
+			expiresIn[name] = int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
 		}
-		return true
 	})
 
 	m := b.metrics

@@ -102,8 +102,8 @@ func TestRefusedRefreshTokenWriteKeepsTheWorkingChain(t *testing.T) {
 			e.configure()
 			e.createAccount("app", map[string]any{"store_password": true})
 			first := e.creds("app").Data["access_token"]
-			due, _ := e.b.schedule.queue.PopByKey("app")
-			e.b.reschedule("app", e.stored("app"), nil)
+			due, _ := e.b.store.queue.PopByKey("app")
+			e.b.store.schedule("app", e.stored("app"))
 			before := snapshot(t, e.storage)
 			token := c.token
 			if token == "" {
@@ -134,7 +134,7 @@ func TestRefusedRefreshTokenWriteKeepsTheWorkingChain(t *testing.T) {
 			if got := e.creds("app").Data["access_token"]; got != first {
 				t.Errorf("the account no longer serves its token: %v", got)
 			}
-			if now, _ := e.b.schedule.queue.PopByKey("app"); now == nil || due == nil || now.Priority != due.Priority {
+			if now, _ := e.b.store.queue.PopByKey("app"); now == nil || due == nil || now.Priority != due.Priority {
 				t.Errorf("the keep-alive schedule moved: %v -> %v", due, now)
 			}
 			if e.fake.Counters().Grants["password"]["success"] != grantsBefore {

@@ -187,7 +187,7 @@ func (b *backend) pathAccountExists(ctx context.Context, req *logical.Request, d
 	if validateAccountName(name) != nil {
 		return false, nil
 	}
-	a, err := b.loadAccountCached(ctx, req.Storage, name)
+	a, err := b.store.get(ctx, req.Storage, name)
 	return a != nil, err
 }
 
@@ -196,7 +196,7 @@ func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *
 	if err := validateAccountName(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	a, err := b.loadAccountCached(ctx, req.Storage, name)
+	a, err := b.store.get(ctx, req.Storage, name)
 	if err != nil || a == nil {
 		return nil, err
 	}
@@ -367,10 +367,10 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		return nil, logical.ErrReadOnly
 	}
 
-	lock := b.accountLock(name)
+	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	old, err := b.loadAccountLocked(ctx, req.Storage, name)
+	old, err := b.store.getLocked(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +394,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		next, err = b.adoptLocked(ctx, rot, a, r.refreshToken)
 	default:
 		a.PasswordKept = keep
-		err = b.storeAccountLocked(ctx, req.Storage, name, a, false)
+		err = b.store.put(ctx, req.Storage, name, a, failWrite)
 		next = a
 	}
 	if err != nil {
@@ -417,7 +417,6 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	if r.hasPassword || r.hasRefreshToken {
 		resp.Warnings = append(resp.Warnings, b.checkAccountLocked(ctx, rot, next)...)
 	}
-	b.reschedule(name, next, cfg)
 
 	// Respond.
 	if len(r.trimmed) > 0 {
@@ -441,7 +440,7 @@ func (b *backend) checkAccountLocked(ctx context.Context, r rotation, a *account
 	if r.cfg.SkipAccountCheck {
 		return nil
 	}
-	if err := b.storeAccountLocked(ctx, r.storage, r.name, a, true); err != nil {
+	if err := b.store.put(ctx, r.storage, r.name, a, keepUnsaved); err != nil {
 		return []string{"the new refresh chain is stored, but not whose account it is: " + err.Error()}
 	}
 	return nil
@@ -478,10 +477,10 @@ func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d
 	if err := validateAccountName(name); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	lock := b.accountLock(name)
+	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
-	return nil, b.deleteAccountLocked(ctx, req.Storage, name)
+	return nil, b.store.remove(ctx, req.Storage, name)
 }
 
 func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -503,11 +502,11 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 		return nil, logical.ErrReadOnly
 	}
 
-	lock := b.accountLock(name)
+	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
 
-	a, err := b.loadAccountLocked(ctx, req.Storage, name)
+	a, err := b.store.getLocked(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -546,42 +545,6 @@ func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any 
 		"ermeo_user_id":            a.ErmeoUserID,
 		"ermeo_email":              a.ErmeoEmail,
 		"checked_at":               formatTime(a.CheckedAt),
-	}
-}
-
-// tokenLifetime is the lifetime of the account's access token, from the
-// expires_in of the grant that issued it (0 when unknown).
-func (a *accountEntry) tokenLifetime() time.Duration {
-	switch {
-	case a.AccessTokenLifetime > 0:
-		return a.AccessTokenLifetime
-	case a.AccessToken != "" && a.AccessTokenExpiresAt.After(a.LastRotation) && !a.LastRotation.IsZero():
-		// Entries written before the lifetime was recorded.
-		return a.AccessTokenExpiresAt.Sub(a.LastRotation)
-	default:
-		return 0
-	}
-}
-
-func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
-	switch {
-	case a.MinTTL > 0:
-		return a.MinTTL
-	case cfg != nil && cfg.DefaultMinTTL > 0:
-		return cfg.DefaultMinTTL
-	default:
-		return defaultMinTTL
-	}
-}
-
-func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
-	switch {
-	case a.RotationPeriod > 0:
-		return a.RotationPeriod
-	case cfg != nil && cfg.DefaultRotationPeriod > 0:
-		return cfg.DefaultRotationPeriod
-	default:
-		return defaultRotationPeriod
 	}
 }
 

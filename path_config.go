@@ -269,7 +269,7 @@ func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *
 		return "", err
 	}
 	for _, name := range names {
-		a, err := b.loadAccountCached(ctx, s, name)
+		a, err := b.store.get(ctx, s, name)
 		if err != nil {
 			return "", err
 		}

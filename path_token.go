@@ -124,10 +124,10 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if b.hasUnsaved(name) {
-		b.flushUnsaved(ctx, s, name)
+	if b.store.hasUnsaved(name) {
+		b.store.flush(ctx, s, name)
 	}
-	a, err := b.loadAccountCached(ctx, s, name)
+	a, err := b.store.get(ctx, s, name)
 	if err != nil || a == nil {
 		return nil, cfg, nil, err
 	}
@@ -141,12 +141,12 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return nil, cfg, nil, logical.ErrReadOnly
 	}
 
-	lock := b.accountLock(name)
+	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
 
 	// Another reader may have refreshed while this one waited for the lock.
-	a, err = b.loadAccountLocked(ctx, s, name)
+	a, err = b.store.getLocked(ctx, s, name)
 	if err != nil || a == nil {
 		return nil, cfg, nil, err
 	}

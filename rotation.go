@@ -32,10 +32,6 @@ import (
 //     spent; keep the intent record, keep serving the current access token,
 //     and let the next refresh find out.
 
-// persistAttempts is how many times a refreshed pair's storage write is tried
-// before the pair is kept in memory instead.
-const persistAttempts = 3
-
 // errNeedsReauth is the error of an account whose chain is gone.
 type errNeedsReauth struct {
 	mount, name, reason string
@@ -85,93 +81,6 @@ func errorResponse(err error) (*logical.Response, error) {
 	default:
 		return nil, err
 	}
-}
-
-// unsavedAccount returns a copy of a refreshed pair that could not be
-// written yet, or nil.
-func (b *backend) unsavedAccount(name string) *accountEntry {
-	b.unsavedMu.Lock()
-	defer b.unsavedMu.Unlock()
-	if a := b.unsaved[name]; a != nil {
-		c := *a
-		return &c
-	}
-	return nil
-}
-
-// storeAccountLocked writes an account. Called with the account's lock held.
-// With keepOnFailure, a failed write keeps the entry in memory (served, and
-// written again later) instead of returning the error: that is how a refresh
-// token Ermeo already issued is never dropped.
-func (b *backend) storeAccountLocked(ctx context.Context, s logical.Storage, name string, a *accountEntry, keepOnFailure bool) error {
-	var err error
-	attempts := 1
-	if keepOnFailure {
-		attempts = persistAttempts
-	}
-	for i := 0; i < attempts; i++ {
-		if err = b.saveAccountLocked(ctx, s, name, a); err == nil {
-			b.unsavedMu.Lock()
-			delete(b.unsaved, name)
-			b.unsavedMu.Unlock()
-			return nil
-		}
-	}
-	if !keepOnFailure {
-		return err
-	}
-	b.Logger().Error("could not store a refreshed token pair; keeping it in memory and serving it until it can be stored",
-		"account", name, "generation", a.Generation, "error", err)
-	c := *a
-	b.unsavedMu.Lock()
-	b.unsaved[name] = &c
-	b.unsavedMu.Unlock()
-	return nil
-}
-
-// flushUnsavedLocked writes a refreshed pair held in memory, if there is one.
-// Called with the account's lock held.
-func (b *backend) flushUnsavedLocked(ctx context.Context, s logical.Storage, name string) error {
-	b.unsavedMu.Lock()
-	pending := b.unsaved[name]
-	b.unsavedMu.Unlock()
-	if pending == nil {
-		return nil
-	}
-	return b.storeAccountLocked(ctx, s, name, pending, false)
-}
-
-// flushUnsaved tries to write the refreshed pairs held in memory: called by
-// readers of such an account and by every periodic tick, so that a pair
-// waits in memory, where a crash would lose it, no longer than it must.
-func (b *backend) flushUnsaved(ctx context.Context, s logical.Storage, names ...string) {
-	if len(names) == 0 {
-		b.unsavedMu.Lock()
-		for name := range b.unsaved {
-			names = append(names, name)
-		}
-		b.unsavedMu.Unlock()
-	}
-	for _, name := range names {
-		lock := b.accountLock(name)
-		lock.Lock()
-		if err := b.flushUnsavedLocked(context.WithoutCancel(ctx), s, name); err != nil {
-			b.Logger().Error("a refreshed token pair is still only in memory; storage refuses it", "account", name, "error", err)
-		}
-		lock.Unlock()
-	}
-}
-
-func (b *backend) hasUnsaved(name string) bool {
-	b.unsavedMu.Lock()
-	defer b.unsavedMu.Unlock()
-	return b.unsaved[name] != nil
-}
-
-func (b *backend) forgetUnsaved(name string) {
-	b.unsavedMu.Lock()
-	delete(b.unsaved, name)
-	b.unsavedMu.Unlock()
 }
 
 // upstreamContext detaches ctx from its caller's cancellation and bounds it by
@@ -280,21 +189,16 @@ func backoffFor(attempts int, retryAfter time.Duration) time.Duration {
 // freshly read a; returns the account's new state. On error, the returned
 // entry (if not nil) is the account's state after the attempt, whose access
 // token may still be served while it lasts.
-func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry) (result *accountEntry, err error) {
+func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry) (*accountEntry, error) {
 	if !b.WriteSafeReplicationState() {
 		// A performance standby or secondary: let Vault forward the request
 		// to the node that may write, before anything is sent to Ermeo.
 		return nil, logical.ErrReadOnly
 	}
-	defer func() {
-		if result != nil && !errors.Is(err, errSimulatedCrash) {
-			b.reschedule(r.name, result, r.cfg)
-		}
-	}()
 	// Uncancellable from here: every storage write and the upstream call.
 	ctx = context.WithoutCancel(ctx)
 	s, name := r.storage, r.name
-	if err := b.flushUnsavedLocked(ctx, s, name); err != nil {
+	if err := b.store.flushLocked(ctx, s, name); err != nil {
 		return a, fmt.Errorf("a refreshed token pair is still waiting to be stored; not refreshing again until it is: %w", err)
 	}
 	client, err := b.client(r.cfg)
@@ -320,7 +224,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	intent.Attempts++
 	next.RotationIntent = &intent
 	next.NextAttemptAt = time.Time{}
-	if err := b.saveAccountLocked(ctx, s, name, &next); err != nil {
+	if err := b.store.put(ctx, s, name, &next, failWrite); err != nil {
 		return a, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err)
 	}
 	if b.crashed(crashAfterIntent) {
@@ -342,7 +246,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	switch {
 	case err == nil:
 		b.startChain(&next, tok, sentAt)
-		if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
+		if err := b.store.put(ctx, s, name, &next, keepUnsaved); err != nil {
 			return &next, err
 		}
 		if b.crashed(crashAfterWrite) {
@@ -372,7 +276,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		next.LastError = reason
 		// Record that the token is dead before anything else, so that no
 		// later process sends it again.
-		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
+		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
 			b.Logger().Error("could not record that the chain is gone", "account", name, "error", serr)
 		}
 		return b.rebootstrapLocked(ctx, r, client, &next, reason)
@@ -384,7 +288,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		next.LastError = "Ermeo rejected the refresh request: " + rejected.Message()
 		b.metrics.refresh("rejected", took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", rejected.Code)
-		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
+		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
 			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
 		}
 		return &next, badGateway("%s; the refresh token was not spent; check %sconfig", next.LastError, r.mount)
@@ -401,7 +305,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		b.metrics.refresh("unknown", took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", "outcome_unknown")
 		next.LastError = "Ermeo did not answer the refresh: " + ermeo.Message(err)
-		if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
+		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
 			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
 		}
 		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation,
@@ -427,7 +331,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		tok, sentAt, err := b.passwordGrant(ctx, r.cfg, client, a.Username, password)
 		if err == nil {
 			b.startChain(&next, tok, sentAt)
-			if err := b.storeAccountLocked(ctx, s, name, &next, true); err != nil {
+			if err := b.store.put(ctx, s, name, &next, keepUnsaved); err != nil {
 				return &next, err
 			}
 			b.metrics.chainRecovered()
@@ -438,7 +342,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
 			next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
 			next.LastError = reason + "; the password grant with the kept password got no answer: " + ermeo.Message(err)
-			if serr := b.saveAccountLocked(ctx, s, name, &next); serr != nil {
+			if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
 				return &next, serr
 			}
 			return &next, badGateway("%s", next.LastError)
@@ -449,7 +353,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 	next.RefreshToken = ""
 	next.RotationIntent = nil
 	next.LastError = reason
-	if err := b.saveAccountLocked(ctx, s, name, &next); err != nil {
+	if err := b.store.put(ctx, s, name, &next, failWrite); err != nil {
 		return &next, err
 	}
 	return &next, &errNeedsReauth{mount: r.mount, name: name, reason: reason}
@@ -526,7 +430,7 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 	}
 	b.startChain(&next, tok, sentAt)
 	next.State, next.RotationIntent, next.NextAttemptAt = stateActive, nil, time.Time{}
-	if err := b.storeAccountLocked(ctx, r.storage, r.name, &next, true); err != nil {
+	if err := b.store.put(ctx, r.storage, r.name, &next, keepUnsaved); err != nil {
 		return nil, err
 	}
 	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "adopted", "true")
@@ -577,7 +481,7 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 	}
 	// A storage failure fails the write: the chain it would replace is
 	// still stored and working, and this pair cost nothing but a grant.
-	if err := b.storeAccountLocked(ctx, r.storage, r.name, &next, false); err != nil {
+	if err := b.store.put(ctx, r.storage, r.name, &next, failWrite); err != nil {
 		return nil, err
 	}
 	if keep {

@@ -52,50 +52,6 @@ type configEntry struct {
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 }
 
-// Account states.
-const (
-	stateActive      = "active"
-	stateNeedsReauth = "needs_reauth"
-)
-
-// rotationIntent records, before a refresh token is sent to Ermeo, that it is
-// about to be spent. Found later (after a crash or an unanswered request), it
-// means the stored refresh token may no longer work.
-type rotationIntent struct {
-	Generation uint64    `json:"generation"`
-	StartedAt  time.Time `json:"started_at"`
-	Attempts   int       `json:"attempts"`
-}
-
-// accountEntry is one Ermeo account and the current link of its refresh chain.
-type accountEntry struct {
-	Username             string    `json:"username"`
-	PasswordKept         bool      `json:"password_kept"`
-	RefreshToken         string    `json:"refresh_token"`
-	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
-	AccessToken          string    `json:"access_token"`
-	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
-	// AccessTokenLifetime is the expires_in of the grant that issued the
-	// access token (0 in entries written before it was recorded).
-	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
-	Generation          uint64        `json:"generation"`
-	LastRotation        time.Time     `json:"last_rotation"`
-	LastError           string        `json:"last_error,omitempty"`
-	State               string        `json:"state"`
-	MinTTL              time.Duration `json:"min_ttl,omitempty"`
-	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
-	// NoLease: creds reads return no lease, only a ttl field (lease=false).
-	NoLease bool `json:"no_lease,omitempty"`
-	// Whose Ermeo account this is, from GET /api/v1/profile when written.
-	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
-	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
-	CheckedAt      time.Time       `json:"checked_at,omitempty"`
-	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
-	// NextAttemptAt is set when a grant got no answer: refreshes wait until
-	// then (backoff, or the server's Retry-After), unless an operator forces one.
-	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
-}
-
 // passwordEntry is an account's password, kept only when the operator opted in.
 type passwordEntry struct {
 	Password string `json:"password"`

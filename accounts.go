@@ -1,0 +1,386 @@
+package ermeosecrets
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/queue"
+)
+
+// The account store: one account's state, wherever it lives. It is the only
+// code that touches the cache of entries, the overlay of refreshed pairs that
+// storage refused, and the keep-alive schedule; storage.go holds the keys.
+//
+//	get        the newest known state, without the lock (cache, overlay or storage)
+//	getLocked  the state under the account's lock: overlay or storage, never the cache
+//	put        one write: storage, then cache, overlay and schedule together
+//	remove     the account gone everywhere
+//
+// An entry handed out is a copy: callers change their copy and put it.
+
+// Account states.
+const (
+	stateActive      = "active"
+	stateNeedsReauth = "needs_reauth"
+)
+
+// rotationIntent records, before a refresh token is sent to Ermeo, that it is
+// about to be spent. Found later (after a crash or an unanswered request), it
+// means the stored refresh token may no longer work.
+type rotationIntent struct {
+	Generation uint64    `json:"generation"`
+	StartedAt  time.Time `json:"started_at"`
+	Attempts   int       `json:"attempts"`
+}
+
+// accountEntry is one Ermeo account and the current link of its refresh chain.
+type accountEntry struct {
+	Username             string    `json:"username"`
+	PasswordKept         bool      `json:"password_kept"`
+	RefreshToken         string    `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
+	AccessToken          string    `json:"access_token"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
+	// AccessTokenLifetime is the expires_in of the grant that issued the
+	// access token (0 in entries written before it was recorded).
+	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
+	Generation          uint64        `json:"generation"`
+	LastRotation        time.Time     `json:"last_rotation"`
+	LastError           string        `json:"last_error,omitempty"`
+	State               string        `json:"state"`
+	MinTTL              time.Duration `json:"min_ttl,omitempty"`
+	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
+	// NoLease: creds reads return no lease, only a ttl field (lease=false).
+	NoLease bool `json:"no_lease,omitempty"`
+	// Whose Ermeo account this is, from GET /api/v1/profile when written.
+	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
+	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
+	CheckedAt      time.Time       `json:"checked_at,omitempty"`
+	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
+	// NextAttemptAt is set when a grant got no answer: refreshes wait until
+	// then (backoff, or the server's Retry-After), unless an operator forces one.
+	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
+}
+
+// clone returns a copy that shares nothing with a.
+func (a *accountEntry) clone() *accountEntry {
+	c := *a
+	if a.RotationIntent != nil {
+		intent := *a.RotationIntent
+		c.RotationIntent = &intent
+	}
+	return &c
+}
+
+// tokenLifetime is the lifetime of the account's access token, from the
+// expires_in of the grant that issued it (0 when unknown).
+func (a *accountEntry) tokenLifetime() time.Duration {
+	switch {
+	case a.AccessTokenLifetime > 0:
+		return a.AccessTokenLifetime
+	case a.AccessToken != "" && a.AccessTokenExpiresAt.After(a.LastRotation) && !a.LastRotation.IsZero():
+		// Entries written before the lifetime was recorded.
+		return a.AccessTokenExpiresAt.Sub(a.LastRotation)
+	default:
+		return 0
+	}
+}
+
+// effectiveMinTTL is the least life a token handed out has left: the
+// account's own min_ttl, or config's default, or the engine's.
+func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.MinTTL > 0:
+		return a.MinTTL
+	case cfg != nil && cfg.DefaultMinTTL > 0:
+		return cfg.DefaultMinTTL
+	default:
+		return defaultMinTTL
+	}
+}
+
+// effectiveRotationPeriod is how old an idle chain's refresh token may get
+// before the keep-alive rotates it.
+func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.RotationPeriod > 0:
+		return a.RotationPeriod
+	case cfg != nil && cfg.DefaultRotationPeriod > 0:
+		return cfg.DefaultRotationPeriod
+	default:
+		return defaultRotationPeriod
+	}
+}
+
+// dueAt is when the periodic function should next look at an account, and
+// whether it should at all. It depends on the entry alone (and config's
+// defaults), which is why every put reschedules.
+func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
+	switch {
+	case a.State == stateNeedsReauth:
+		// Only an operator (or a kept password, tried when the chain was
+		// found gone) can restart it; retrying a refused password on a
+		// timer could lock the user out.
+		return time.Time{}, false
+	case !a.NextAttemptAt.IsZero():
+		return a.NextAttemptAt, true
+	case a.RotationIntent != nil, a.RefreshToken == "", a.RefreshTokenIssuedAt.IsZero():
+		// An interrupted refresh, or a chain to start: resolve it soon.
+		return now, true
+	default:
+		return a.RefreshTokenIssuedAt.Add(effectiveRotationPeriod(a, cfg)), true
+	}
+}
+
+// writeMode says what put does when storage refuses the write.
+type writeMode int
+
+const (
+	// failWrite returns storage's error: nothing changed.
+	failWrite writeMode = iota
+	// keepUnsaved is for a refreshed pair that Ermeo already issued: the
+	// write is tried a few times, then the pair is kept in memory (served,
+	// and written again at the next chance) and put returns nil, so that a
+	// failed write never drops a refresh token.
+	keepUnsaved
+)
+
+// persistAttempts is how many times put tries to store a refreshed pair
+// before it keeps it in memory instead.
+const persistAttempts = 3
+
+// retryDelay is when an account whose state could not be read is looked at again.
+const retryDelay = time.Minute
+
+// accountStore holds what is known of every account of one mount.
+type accountStore struct {
+	// locks serialize every read-modify-write of one account and every
+	// rotation of its refresh chain. Never hold two at once.
+	locks []*locksutil.LockEntry
+
+	// cache is what storage holds, so that a read of a token with enough
+	// life left makes no storage call: name -> *accountEntry, never mutated
+	// once stored. Written through by put; dropped by invalidate.
+	cache sync.Map
+
+	// unsaved holds, per account, a refreshed pair whose storage write
+	// failed: served from memory and written again at the next chance.
+	unsavedMu sync.Mutex
+	unsaved   map[string]*accountEntry
+
+	// queue is the keep-alive schedule: each account by when it is due.
+	queue *queue.PriorityQueue
+	// loadMu guards loaded and stopLoading.
+	loadMu      sync.Mutex
+	loaded      bool               // the queue holds every account
+	stopLoading context.CancelFunc // cancels a load in progress (Clean)
+
+	now    func() time.Time
+	config func() *configEntry // the cached config, for config's defaults; nil if none
+	logger func() hclog.Logger
+}
+
+func newAccountStore(now func() time.Time, config func() *configEntry, logger func() hclog.Logger) *accountStore {
+	return &accountStore{
+		locks:   locksutil.CreateLocks(),
+		unsaved: map[string]*accountEntry{},
+		queue:   queue.New(),
+		now:     now,
+		config:  config,
+		logger:  logger,
+	}
+}
+
+// lock returns the lock that serializes everything done to one account.
+func (s *accountStore) lock(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(s.locks, name)
+}
+
+// get returns the newest known state of an account without taking its lock:
+// a refreshed pair waiting to be stored, or the cached entry, or storage. For
+// reads that hand out a token with enough life left; anything that may spend
+// a refresh token re-reads with getLocked.
+func (s *accountStore) get(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
+	if a := s.unsavedCopy(name); a != nil {
+		return a, nil
+	}
+	if v, ok := s.cache.Load(name); ok {
+		return v.(*accountEntry).clone(), nil
+	}
+	a, err := loadAccount(ctx, st, name)
+	if err != nil || a == nil {
+		return a, err
+	}
+	// A writer's entry, stored meanwhile, is newer than this read: keep it.
+	s.cache.LoadOrStore(name, a.clone())
+	return a, nil
+}
+
+// getLocked re-reads an account from storage (or a refreshed pair waiting to
+// be stored), never from the cache: a token whose successor is already
+// stored is never sent again. Called with the account's lock held.
+func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
+	if a := s.unsavedCopy(name); a != nil {
+		return a, nil
+	}
+	a, err := loadAccount(ctx, st, name)
+	if err != nil {
+		return nil, err
+	}
+	if a == nil {
+		s.cache.Delete(name)
+		return nil, nil
+	}
+	s.cache.Store(name, a.clone())
+	return a, nil
+}
+
+// put writes an account: storage first, then the cache, the overlay and the
+// schedule, so that all four agree. Called with the account's lock held.
+func (s *accountStore) put(ctx context.Context, st logical.Storage, name string, a *accountEntry, mode writeMode) error {
+	attempts := 1
+	if mode == keepUnsaved {
+		attempts = persistAttempts
+	}
+	var err error
+	for i := 0; i < attempts; i++ {
+		if err = saveAccount(ctx, st, name, a); err == nil {
+			break
+		}
+	}
+	if err != nil && mode == failWrite {
+		return err
+	}
+	c := a.clone()
+	s.unsavedMu.Lock()
+	if err != nil {
+		s.unsaved[name] = c
+	} else {
+		delete(s.unsaved, name)
+	}
+	s.unsavedMu.Unlock()
+	if err != nil {
+		s.logger().Error("could not store a refreshed token pair; keeping it in memory and serving it until it can be stored",
+			"account", name, "generation", a.Generation, "error", err)
+	} else {
+		s.cache.Store(name, c)
+	}
+	s.schedule(name, a)
+	return nil
+}
+
+// remove forgets an account everywhere. Called with its lock held.
+func (s *accountStore) remove(ctx context.Context, st logical.Storage, name string) error {
+	if err := deleteAccount(ctx, st, name); err != nil {
+		return err
+	}
+	s.cache.Delete(name)
+	s.unsavedMu.Lock()
+	delete(s.unsaved, name)
+	s.unsavedMu.Unlock()
+	_, _ = s.queue.PopByKey(name)
+	return nil
+}
+
+// invalidate drops a cached entry that another node changed.
+func (s *accountStore) invalidate(name string) { s.cache.Delete(name) }
+
+// each calls fn with every cached entry (never to be changed).
+func (s *accountStore) each(fn func(name string, a *accountEntry)) {
+	s.cache.Range(func(k, v any) bool {
+		fn(k.(string), v.(*accountEntry))
+		return true
+	})
+}
+
+func (s *accountStore) unsavedCopy(name string) *accountEntry {
+	s.unsavedMu.Lock()
+	defer s.unsavedMu.Unlock()
+	if a := s.unsaved[name]; a != nil {
+		return a.clone()
+	}
+	return nil
+}
+
+// hasUnsaved reports whether a refreshed pair of the account waits in memory.
+func (s *accountStore) hasUnsaved(name string) bool {
+	s.unsavedMu.Lock()
+	defer s.unsavedMu.Unlock()
+	return s.unsaved[name] != nil
+}
+
+// unsavedCount is how many refreshed pairs wait in memory.
+func (s *accountStore) unsavedCount() int {
+	s.unsavedMu.Lock()
+	defer s.unsavedMu.Unlock()
+	return len(s.unsaved)
+}
+
+// flushLocked writes a refreshed pair held in memory, if there is one.
+// Called with the account's lock held.
+func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name string) error {
+	pending := s.unsavedCopy(name)
+	if pending == nil {
+		return nil
+	}
+	return s.put(ctx, st, name, pending, failWrite)
+}
+
+// flush tries to write the refreshed pairs held in memory (of names, or all):
+// called by readers of such an account and by every periodic tick, so that a
+// pair waits in memory, where a crash would lose it, no longer than it must.
+func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...string) {
+	if len(names) == 0 {
+		s.unsavedMu.Lock()
+		for name := range s.unsaved {
+			names = append(names, name)
+		}
+		s.unsavedMu.Unlock()
+	}
+	for _, name := range names {
+		lock := s.lock(name)
+		lock.Lock()
+		if err := s.flushLocked(context.WithoutCancel(ctx), st, name); err != nil {
+			s.logger().Error("a refreshed token pair is still only in memory; storage refuses it", "account", name, "error", err)
+		}
+		lock.Unlock()
+	}
+}
+
+// schedule puts an account in the keep-alive schedule at its due time, or
+// takes it out if it is not due at all.
+func (s *accountStore) schedule(name string, a *accountEntry) {
+	_, _ = s.queue.PopByKey(name)
+	due, ok := dueAt(a, s.config(), s.now())
+	if !ok {
+		return
+	}
+	if err := s.queue.Push(&queue.Item{Key: name, Priority: due.Unix()}); err != nil {
+		s.logger().Error("could not schedule the account's keep-alive", "account", name, "error", err)
+	}
+}
+
+// nextDue returns the next account due at or before now, if there is one,
+// and moves it retryDelay on: whatever the keep-alive then writes puts it
+// where its entry says, and an account it could not touch (storage refused
+// the read, the write, or Ermeo did not answer before anything was written)
+// is looked at again then.
+func (s *accountStore) nextDue(now time.Time) (string, bool, error) {
+	item, err := s.queue.Pop()
+	if err == queue.ErrEmpty {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if item.Priority > now.Unix() {
+		_ = s.queue.Push(item)
+		return "", false, nil
+	}
+	_ = s.queue.Push(&queue.Item{Key: item.Key, Priority: now.Add(retryDelay).Unix()})
+	return item.Key, true, nil
+}
