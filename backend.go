@@ -49,7 +49,7 @@ type backend struct {
 	// config caches what storage holds, so that a read of a token with
 	// enough life left makes no storage call. Written through by every
 	// write; dropped by Invalidate when another node changes it.
-	config   atomic.Pointer[cachedConfig]
+	config atomic.Pointer[cachedConfig]
 	// configMu serializes config writes and deletes (read-modify-writes).
 	configMu sync.Mutex
 
