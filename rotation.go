@@ -197,8 +197,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	}
 	// Uncancellable from here: every storage write and the upstream call.
 	ctx = context.WithoutCancel(ctx)
-	s, name := r.storage, r.name
-	if err := b.store.flushLocked(ctx, s, name); err != nil {
+	if err := b.store.flushLocked(ctx, r.storage, r.name); err != nil {
 		return a, fmt.Errorf("a refreshed token pair is still waiting to be stored; not refreshing again until it is: %w", err)
 	}
 	client, err := b.client(r.cfg)
@@ -206,7 +205,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		return a, err
 	}
 	if a.State == stateNeedsReauth && !a.PasswordKept {
-		return a, &errNeedsReauth{mount: r.mount, name: name, reason: a.LastError}
+		return a, &errNeedsReauth{mount: r.mount, name: r.name, reason: a.LastError}
 	}
 	if !r.force && b.now().Before(a.NextAttemptAt) {
 		return a, badGateway("%s", (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
@@ -216,7 +215,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	}
 
 	// 2. The intent record, before anything is sent.
-	next := *a
+	next := a.clone()
 	intent := rotationIntent{Generation: a.Generation, StartedAt: b.now()}
 	if a.RotationIntent != nil {
 		intent = *a.RotationIntent
@@ -224,7 +223,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	intent.Attempts++
 	next.RotationIntent = &intent
 	next.NextAttemptAt = time.Time{}
-	if err := b.store.put(ctx, s, name, &next, failWrite); err != nil {
+	if err := b.store.put(ctx, r.storage, r.name, next, failWrite); err != nil {
 		return a, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err)
 	}
 	if b.crashed(crashAfterIntent) {
@@ -241,76 +240,157 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		return nil, errSimulatedCrash
 	}
 
-	// 4. The outcome.
+	// 4. The outcome, recorded in one place.
+	o := classifyRefresh(err, intent.Attempts)
+	o.took, o.tok, o.sentAt = took, tok, sentAt
+	next, err = b.recordLocked(ctx, r, next, o)
+	if o.kind == outcomeChainGone && !errors.Is(err, errSimulatedCrash) {
+		return b.rebootstrapLocked(ctx, r, client, next, next.LastError)
+	}
+	return next, err
+}
+
+// outcomeKind is what one refresh, adoption or password grant came to.
+type outcomeKind int
+
+const (
+	outcomeRotated     outcomeKind = iota + 1 // a refresh gave a new pair
+	outcomeChainGone                          // invalid_grant: the stored refresh token is dead
+	outcomeRejected                           // refused before the token was looked at: unspent
+	outcomeUnknown                            // no usable answer: the token may be spent
+	outcomeRecovered                          // a new chain from the kept password
+	outcomeRetryGrant                         // the kept password's grant got no answer
+	outcomeNeedsReauth                        // no chain, and no password to start one
+)
+
+// outcome is one classified result of the protocol.
+type outcome struct {
+	kind outcomeKind
+	err  error // Ermeo's error, if any
+	// For refreshes: how long the call took, the new pair and when its
+	// request was sent, and whether an earlier answer was lost (the intent
+	// record had been tried before).
+	took         time.Duration
+	tok          *ermeo.Token
+	sentAt       time.Time
+	lostInFlight bool
+	reason       string // for re-bootstraps: why the chain needed one
+	attempts     int
+}
+
+// classifyRefresh sorts a refresh grant's result into an outcome.
+func classifyRefresh(err error, attempts int) outcome {
 	var rejected *ermeo.RejectedError
+	o := outcome{err: err, attempts: attempts}
 	switch {
 	case err == nil:
-		b.startChain(&next, tok, sentAt)
-		if err := b.store.put(ctx, s, name, &next, keepUnsaved); err != nil {
-			return &next, err
+		o.kind = outcomeRotated
+	case errors.As(err, &rejected) && rejected.ChainGone():
+		o.kind, o.lostInFlight = outcomeChainGone, attempts > 1
+	case errors.As(err, &rejected):
+		o.kind = outcomeRejected
+	default:
+		o.kind = outcomeUnknown
+	}
+	return o
+}
+
+// recordLocked turns an outcome into the account's stored state, the metric,
+// the event and the log line, and returns the state and the caller's error.
+// next is the account as the attempt left it. Called with the account's lock
+// held.
+func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEntry, o outcome) (*accountEntry, error) {
+	name, log := r.name, b.Logger()
+	switch o.kind {
+	case outcomeRotated, outcomeRecovered:
+		b.startChain(next, o.tok, o.sentAt)
+		if err := b.store.put(ctx, r.storage, name, next, keepUnsaved); err != nil {
+			return next, err
 		}
 		if b.crashed(crashAfterWrite) {
 			return nil, errSimulatedCrash
 		}
-		b.metrics.refresh("success", took)
+		if o.kind == outcomeRecovered {
+			b.metrics.chainRecovered()
+			b.emit(ctx, eventRotated, r.mount, name, "generation", fmt.Sprint(next.Generation), "recovered", "true")
+			log.Info("started a new refresh chain with the kept password", "account", name, "generation", next.Generation)
+			return next, nil
+		}
+		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.emit(ctx, eventRotated, r.mount, name, "generation", fmt.Sprint(next.Generation))
-		b.Logger().Info("rotated refresh chain", "account", name, "generation", next.Generation)
-		return &next, nil
+		log.Info("rotated refresh chain", "account", name, "generation", next.Generation)
+		return next, nil
 
-	case errors.As(err, &rejected) && rejected.ChainGone():
-		lostToNetwork := intent.Attempts > 1
-		reason := fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected.Message())
-		if lostToNetwork {
-			reason = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected.Message())
-		}
-		b.Logger().Warn("refresh chain is gone", "account", name, "generation", a.Generation, "lost_to_network", lostToNetwork)
-		b.metrics.refresh("chain_gone", took)
+	case outcomeChainGone:
+		rejected := ermeo.Message(o.err)
 		how := "refused"
-		if lostToNetwork {
+		next.LastError = fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected)
+		if o.lostInFlight {
 			how = "lost_in_flight"
+			next.LastError = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected)
 		}
+		log.Warn("refresh chain is gone", "account", name, "generation", next.Generation, "lost_to_network", o.lostInFlight)
+		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.metrics.chainLost(how)
-		b.emit(ctx, eventChainLost, r.mount, name, "generation", fmt.Sprint(a.Generation), "how", how)
-		next.RefreshToken = ""
-		next.RotationIntent = nil
-		next.LastError = reason
+		b.emit(ctx, eventChainLost, r.mount, name, "generation", fmt.Sprint(next.Generation), "how", how)
 		// Record that the token is dead before anything else, so that no
-		// later process sends it again.
-		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
-			b.Logger().Error("could not record that the chain is gone", "account", name, "error", serr)
+		// later process sends it again; the caller then re-bootstraps.
+		next.RefreshToken, next.RotationIntent = "", nil
+		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
+			log.Error("could not record that the chain is gone", "account", name, "error", err)
 		}
-		return b.rebootstrapLocked(ctx, r, client, &next, reason)
+		return next, nil
 
-	case errors.As(err, &rejected):
+	case outcomeRejected:
 		// invalid_client, unauthorized_client, invalid_request: the server
 		// checks these before it looks at the refresh token, which is unspent.
+		var rejected *ermeo.RejectedError
+		errors.As(o.err, &rejected)
 		next.RotationIntent = nil
 		next.LastError = "Ermeo rejected the refresh request: " + rejected.Message()
-		b.metrics.refresh("rejected", took)
+		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", rejected.Code)
-		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
-			b.Logger().Error("could not store the rejected refresh's outcome", "account", name, "error", serr)
+		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
+			log.Error("could not store the rejected refresh's outcome", "account", name, "error", err)
 		}
-		return &next, badGateway("%s; the refresh token was not spent; check %sconfig", next.LastError, r.mount)
+		return next, badGateway("%s; the refresh token was not spent; check %sconfig", next.LastError, r.mount)
 
-	default:
-		// Outcome unknown: the refresh token may have been spent. Keep the
-		// intent record and wait before the next attempt, which finds out.
+	case outcomeUnknown:
+		// The refresh token may have been spent. Keep the intent record and
+		// wait before the next attempt, which finds out.
 		var unknown *ermeo.UnknownOutcomeError
 		retryAfter := time.Duration(0)
-		if errors.As(err, &unknown) {
+		if errors.As(o.err, &unknown) {
 			retryAfter = unknown.RetryAfter
 		}
-		next.NextAttemptAt = b.now().Add(backoffFor(intent.Attempts, retryAfter))
-		b.metrics.refresh("unknown", took)
+		next.NextAttemptAt = b.now().Add(backoffFor(o.attempts, retryAfter))
+		next.LastError = "Ermeo did not answer the refresh: " + ermeo.Message(o.err)
+		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", "outcome_unknown")
-		next.LastError = "Ermeo did not answer the refresh: " + ermeo.Message(err)
-		if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
-			b.Logger().Error("could not store the unknown refresh's outcome", "account", name, "error", serr)
+		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
+			log.Error("could not store the unknown refresh's outcome", "account", name, "error", err)
 		}
-		b.Logger().Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", a.Generation,
-			"attempts", intent.Attempts, "next_attempt_at", next.NextAttemptAt, "error", err)
-		return &next, badGateway("%s; the stored refresh token may be spent; the next attempt, from %s, finds out", next.LastError, formatTime(next.NextAttemptAt))
+		log.Warn("refresh outcome unknown; the refresh token may be spent", "account", name, "generation", next.Generation,
+			"attempts", o.attempts, "next_attempt_at", next.NextAttemptAt, "error", o.err)
+		return next, badGateway("%s; the stored refresh token may be spent; the next attempt, from %s, finds out", next.LastError, formatTime(next.NextAttemptAt))
+
+	case outcomeRetryGrant:
+		next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
+		next.LastError = o.reason + "; the password grant with the kept password got no answer: " + ermeo.Message(o.err)
+		log.Warn("the kept password's grant got no answer", "account", name, "next_attempt_at", next.NextAttemptAt, "error", o.err)
+		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
+			return next, err
+		}
+		return next, badGateway("%s", next.LastError)
+
+	default: // outcomeNeedsReauth
+		next.State, next.RefreshToken, next.RotationIntent = stateNeedsReauth, "", nil
+		next.LastError = o.reason
+		log.Warn("the account needs re-authentication", "account", name, "reason", o.reason)
+		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
+			return next, err
+		}
+		return next, &errNeedsReauth{mount: r.mount, name: name, reason: o.reason}
 	}
 }
 
@@ -318,45 +398,26 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 // operator allowed one to be kept; otherwise it marks the account
 // needs_reauth. Called with the account's lock held.
 func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *ermeo.Client, a *accountEntry, reason string) (*accountEntry, error) {
-	s, name := r.storage, r.name
-	next := *a
 	password := ""
 	if a.PasswordKept {
 		var err error
-		if password, err = loadPassword(ctx, s, name); err != nil {
+		if password, err = loadPassword(ctx, r.storage, r.name); err != nil {
 			return a, err
 		}
 	}
+	o := outcome{kind: outcomeNeedsReauth, reason: reason}
 	if password != "" {
-		tok, sentAt, err := b.passwordGrant(ctx, r.cfg, client, a.Username, password)
-		if err == nil {
-			b.startChain(&next, tok, sentAt)
-			if err := b.store.put(ctx, s, name, &next, keepUnsaved); err != nil {
-				return &next, err
-			}
-			b.metrics.chainRecovered()
-			b.emit(ctx, eventRotated, r.mount, name, "generation", fmt.Sprint(next.Generation), "recovered", "true")
-			b.Logger().Info("started a new refresh chain with the kept password", "account", name, "generation", next.Generation)
-			return &next, nil
+		o.tok, o.sentAt, o.err = b.passwordGrant(ctx, r.cfg, client, a.Username, password)
+		switch ermeo.OutcomeOf(o.err) {
+		case ermeo.OutcomeSuccess:
+			o.kind = outcomeRecovered
+		case ermeo.OutcomeUnknown:
+			o.kind = outcomeRetryGrant
+		default:
+			o.reason += "; the kept password was refused too (" + ermeo.Message(o.err) + ")"
 		}
-		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
-			next.NextAttemptAt = b.now().Add(passwordGrantBackoff)
-			next.LastError = reason + "; the password grant with the kept password got no answer: " + ermeo.Message(err)
-			if serr := b.store.put(ctx, s, name, &next, failWrite); serr != nil {
-				return &next, serr
-			}
-			return &next, badGateway("%s", next.LastError)
-		}
-		reason += "; the kept password was refused too (" + ermeo.Message(err) + ")"
 	}
-	next.State = stateNeedsReauth
-	next.RefreshToken = ""
-	next.RotationIntent = nil
-	next.LastError = reason
-	if err := b.store.put(ctx, s, name, &next, failWrite); err != nil {
-		return &next, err
-	}
-	return &next, &errNeedsReauth{mount: r.mount, name: name, reason: reason}
+	return b.recordLocked(ctx, r, a.clone(), o)
 }
 
 // passwordGrant runs Ermeo's password grant, detached from the caller and
@@ -415,38 +476,36 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 	tok, err := client.RefreshGrant(rctx, refreshToken)
 	took := time.Since(sent)
 	cancel()
-	if err != nil {
-		b.metrics.refresh(refreshOutcome(err), took)
-		if ermeo.OutcomeOf(err) == ermeo.OutcomeUnknown {
+	if o := classifyRefresh(err, 1); o.kind != outcomeRotated {
+		b.metrics.refresh(o.kind.metricLabel(), took)
+		if o.kind == outcomeUnknown {
 			return nil, badGateway("Ermeo did not answer the refresh of the refresh_token given (%s): that token may now be spent; the account's current chain is unchanged and still serving", ermeo.Message(err))
 		}
 		return nil, grantError("refresh_token", err)
 	}
 	b.metrics.refresh("success", took)
-	next := *a
+	next := a.clone()
 	if tok.RefreshToken == "" {
 		// RFC 6749 section 6: the token given stays current.
 		tok.RefreshToken = refreshToken
 	}
-	b.startChain(&next, tok, sentAt)
-	next.State, next.RotationIntent, next.NextAttemptAt = stateActive, nil, time.Time{}
-	if err := b.store.put(ctx, r.storage, r.name, &next, keepUnsaved); err != nil {
+	b.startChain(next, tok, sentAt)
+	if err := b.store.put(ctx, r.storage, r.name, next, keepUnsaved); err != nil {
 		return nil, err
 	}
 	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "adopted", "true")
 	b.Logger().Info("adopted a refresh chain", "account", r.name, "generation", next.Generation)
-	return &next, nil
+	return next, nil
 }
 
-// refreshOutcome is the metrics label of a failed refresh grant.
-func refreshOutcome(err error) string {
-	var rejected *ermeo.RejectedError
-	switch {
-	case err == nil:
+// metricLabel is the outcome's label in ermeo_refreshes_total.
+func (k outcomeKind) metricLabel() string {
+	switch k {
+	case outcomeRotated:
 		return "success"
-	case errors.As(err, &rejected) && rejected.ChainGone():
+	case outcomeChainGone:
 		return "chain_gone"
-	case errors.As(err, &rejected):
+	case outcomeRejected:
 		return "rejected"
 	default:
 		return "unknown"
@@ -473,15 +532,15 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 	if err != nil {
 		return nil, grantError("password", err)
 	}
-	next := *a
-	b.startChain(&next, tok, sentAt)
+	next := a.clone()
+	b.startChain(next, tok, sentAt)
 	next.PasswordKept = keep
-	if msg := minTTLError(&next, r.cfg, tok.ExpiresIn); msg != "" {
+	if msg := minTTLError(next, r.cfg, tok.ExpiresIn); msg != "" {
 		return nil, &statusError{code: http.StatusBadRequest, msg: msg}
 	}
 	// A storage failure fails the write: the chain it would replace is
 	// still stored and working, and this pair cost nothing but a grant.
-	if err := b.store.put(ctx, r.storage, r.name, &next, failWrite); err != nil {
+	if err := b.store.put(ctx, r.storage, r.name, next, failWrite); err != nil {
 		return nil, err
 	}
 	if keep {
@@ -491,5 +550,5 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 	}
 	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "password_grant", "true")
 	b.Logger().Info("started a new refresh chain with a password grant", "account", r.name, "generation", next.Generation)
-	return &next, nil
+	return next, nil
 }
