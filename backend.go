@@ -5,9 +5,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -43,8 +40,9 @@ type backend struct {
 	now func() time.Time
 	// httpClient is used for every call to Ermeo (tests inject their own);
 	// with a ca_certificate in config, a copy that trusts it is used instead.
+	// See client.go.
 	httpClient *http.Client
-	caClient   atomic.Pointer[caClient]
+	ermeo      clientCache
 
 	// config caches what storage holds, so that a read of a token with
 	// enough life left makes no storage call. Written through by every
@@ -143,55 +141,6 @@ func takesFields(op logical.Operation) bool {
 	return false
 }
 
-// defaultHTTPClient is one client for every call to Ermeo, so that
-// connections are reused: TLS 1.2 or newer, certificates always verified,
-// proxies from the environment, no overall timeout (each call is bounded by
-// request_timeout).
-func defaultHTTPClient() *http.Client {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	t.MaxIdleConnsPerHost = 16
-	return &http.Client{Transport: t}
-}
-
-// caClient is the HTTP client that trusts config's ca_certificate.
-type caClient struct {
-	pem    string
-	client *http.Client
-}
-
-// httpClientFor returns the HTTP client for calls made under cfg.
-func (b *backend) httpClientFor(cfg *configEntry) (*http.Client, error) {
-	if cfg.CACertificate == "" {
-		return b.httpClient, nil
-	}
-	if c := b.caClient.Load(); c != nil && c.pem == cfg.CACertificate {
-		return c.client, nil
-	}
-	pool, err := certPool(cfg.CACertificate)
-	if err != nil {
-		return nil, err
-	}
-	base, ok := b.httpClient.Transport.(*http.Transport)
-	if !ok || base == nil {
-		base = http.DefaultTransport.(*http.Transport)
-	}
-	t := base.Clone()
-	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
-	client := &http.Client{Transport: t}
-	b.caClient.Store(&caClient{pem: cfg.CACertificate, client: client})
-	return client, nil
-}
-
-// certPool parses a PEM bundle of CA certificates.
-func certPool(pemText string) (*x509.CertPool, error) {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM([]byte(pemText)) {
-		return nil, errors.New("ca_certificate: no PEM certificate found: give the CA bundle that signed the Ermeo server's certificate, in PEM")
-	}
-	return pool, nil
-}
-
 // cachedConfig is the config as storage holds it; cfg is nil when there is none.
 type cachedConfig struct{ cfg *configEntry }
 
@@ -217,7 +166,10 @@ func (b *backend) cachedConfig() *configEntry {
 }
 
 // cacheConfig records what was just written to storage.
-func (b *backend) cacheConfig(cfg *configEntry) { b.config.Store(&cachedConfig{cfg: cfg}) }
+func (b *backend) cacheConfig(cfg *configEntry) {
+	b.config.Store(&cachedConfig{cfg: cfg})
+	b.ermeo.reset()
+}
 
 // invalidate drops what another node changed (performance standbys and
 // secondaries get the active node's writes this way).
@@ -225,6 +177,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configKey:
 		b.config.Store(nil)
+		b.ermeo.reset()
 	case strings.HasPrefix(key, accountPrefix):
 		b.store.invalidate(strings.TrimPrefix(key, accountPrefix))
 	}

@@ -183,9 +183,6 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	case c.ClientSecret == "":
 		return logical.ErrorResponse("client_secret: required: the OAuth client secret of your Ermeo integration"), nil
 	}
-	if _, err := ermeo.New(clientConfig(c, b.httpClient)); err != nil {
-		return logical.ErrorResponse("api_url: %s", err), nil
-	}
 	if msg, err := b.defaultMinTTLError(ctx, req.Storage, c); err != nil {
 		return nil, err
 	} else if msg != "" {
@@ -400,17 +397,6 @@ func caCertificateField(d *framework.FieldData) (string, bool, error) {
 		}
 	}
 	return v, true, nil
-}
-
-// clientConfig is the Ermeo client configuration for c.
-func clientConfig(c *configEntry, httpClient *http.Client) ermeo.Config {
-	return ermeo.Config{
-		APIURL:       c.APIURL,
-		ClientID:     c.ClientID,
-		ClientSecret: c.ClientSecret,
-		BodyFormat:   ermeo.BodyFormat(c.BodyFormat),
-		HTTPClient:   httpClient,
-	}
 }
 
 const operationPrefix = "ermeo"

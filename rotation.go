@@ -94,14 +94,6 @@ func upstreamContext(ctx context.Context, cfg *configEntry) (context.Context, co
 	return context.WithTimeout(context.WithoutCancel(ctx), timeout)
 }
 
-func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
-	hc, err := b.httpClientFor(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return ermeo.New(clientConfig(cfg, hc))
-}
-
 // startChain records a new link of the chain from a grant's answer onto a.
 // Both tokens' lives are counted from sentAt, when the grant's request was
 // sent: Ermeo's clock started when it issued them, which is at the earliest

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
 // Limits on what an operator can write. Anything outside gets a 400 that names
@@ -348,36 +349,24 @@ func boolField(d *framework.FieldData, name string) (bool, bool, error) {
 	return raw.(bool), true, nil
 }
 
-// validateAPIURL checks that api_url is an https base URL, or http on a
-// loopback address (test servers), without user info, query or fragment.
+// validateAPIURL is the engine's policy for api_url, on top of the client's
+// own structural checks (ermeo.ParseAPIURL): https, or http on a loopback
+// address for test servers, and no spaces.
 func validateAPIURL(raw string) error {
 	if i := strings.IndexAny(raw, " \t"); i >= 0 {
 		return fmt.Errorf("api_url: contains a space at byte %d: a URL has none (write %%20 if the path really has one)", i)
 	}
-	u, err := url.Parse(raw)
+	u, err := ermeo.ParseAPIURL(raw)
 	if err != nil {
-		return fmt.Errorf("api_url: not a URL: use https://host")
+		return fmt.Errorf("api_url: %w: use https://host", err)
 	}
 	switch {
-	case u.Scheme == "":
-		return fmt.Errorf("api_url: has no scheme: use https://host")
-	case u.Host == "":
-		return fmt.Errorf("api_url: has no host: use https://host")
-	case u.User != nil:
-		return fmt.Errorf("api_url: must not contain user info: credentials go in client_id and client_secret")
-	case u.RawQuery != "" || u.ForceQuery:
-		return fmt.Errorf("api_url: must not contain a query string")
-	case u.Fragment != "" || strings.Contains(raw, "#"):
-		return fmt.Errorf("api_url: must not contain a fragment")
 	case u.Scheme == "https":
 		return nil
-	case u.Scheme == "http":
-		if isLoopback(u.Hostname()) {
-			return nil
-		}
-		return fmt.Errorf("api_url: http is only allowed for loopback test servers (127.0.0.1, ::1, localhost): use https://%s", u.Host)
+	case isLoopback(u.Hostname()):
+		return nil
 	default:
-		return fmt.Errorf("api_url: scheme %q is not allowed: use https", u.Scheme)
+		return fmt.Errorf("api_url: http is only allowed for loopback test servers (127.0.0.1, ::1, localhost): use https://%s", u.Host)
 	}
 }
 

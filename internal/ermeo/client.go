@@ -71,23 +71,8 @@ func New(cfg Config) (*Client, error) {
 	if raw == "" {
 		raw = DefaultAPIURL
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the whole URL; keep only the reason
-		}
-		return nil, fmt.Errorf("ermeo: api_url is not a valid URL: %v", err)
-	}
-	switch {
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, errors.New("ermeo: api_url must start with https:// or http://")
-	case u.Host == "":
-		return nil, errors.New("ermeo: api_url has no host")
-	case u.User != nil:
-		return nil, errors.New("ermeo: api_url must not contain user info")
-	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
-		return nil, errors.New("ermeo: api_url must not contain a query or fragment")
+	if _, err := ParseAPIURL(raw); err != nil {
+		return nil, fmt.Errorf("ermeo: api_url %w", err)
 	}
 
 	format := cfg.BodyFormat
@@ -113,6 +98,32 @@ func New(cfg Config) (*Client, error) {
 		format:       format,
 		http:         &hc,
 	}, nil
+}
+
+// ParseAPIURL checks that raw is a base URL the client can use: http or
+// https, a host, and no user info, query or fragment. Its errors complete
+// the sentence "api_url ...". Which schemes and hosts are allowed where is
+// the caller's policy.
+func ParseAPIURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL; keep only the reason
+		}
+		return nil, fmt.Errorf("is not a valid URL: %v", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, errors.New("must start with https:// or http://")
+	case u.Host == "":
+		return nil, errors.New("has no host")
+	case u.User != nil:
+		return nil, errors.New("must not contain user info")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#"):
+		return nil, errors.New("must not contain a query or fragment")
+	}
+	return u, nil
 }
 
 // tokenRequest holds the fields of a token request body. Empty fields are

@@ -1,0 +1,105 @@
+package ermeosecrets
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net/http"
+	"sync"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
+)
+
+// The Ermeo client, built in one place and cached: one per connection
+// (api_url, client credentials, body format, CA bundle), reset when config
+// changes here (cacheConfig) or on another node (Invalidate), as the GitHub
+// plugin's Client() is.
+
+// clientCache holds the client of the current connection.
+type clientCache struct {
+	mu     sync.Mutex
+	key    connection
+	client *ermeo.Client
+}
+
+// connection is what a client is built from: config's fields and the
+// backend's HTTP client (which tests replace to inject faults).
+type connection struct {
+	apiURL, clientID, clientSecret, bodyFormat, caCertificate string
+	http                                                      *http.Client
+}
+
+func (b *backend) connectionOf(cfg *configEntry) connection {
+	return connection{cfg.APIURL, cfg.ClientID, cfg.ClientSecret, cfg.BodyFormat, cfg.CACertificate, b.httpClient}
+}
+
+func (c *clientCache) reset() {
+	c.mu.Lock()
+	c.client = nil
+	c.mu.Unlock()
+}
+
+// client returns the Ermeo client for cfg, building it on first use.
+func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
+	key := b.connectionOf(cfg)
+	b.ermeo.mu.Lock()
+	defer b.ermeo.mu.Unlock()
+	if b.ermeo.client != nil && b.ermeo.key == key {
+		return b.ermeo.client, nil
+	}
+	hc := b.httpClient
+	if cfg.CACertificate != "" {
+		var err error
+		if hc, err = trustingClient(b.httpClient, cfg.CACertificate); err != nil {
+			return nil, err
+		}
+	}
+	client, err := ermeo.New(ermeo.Config{
+		APIURL:       cfg.APIURL,
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		BodyFormat:   ermeo.BodyFormat(cfg.BodyFormat),
+		HTTPClient:   hc,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.ermeo.key, b.ermeo.client = key, client
+	return client, nil
+}
+
+// defaultHTTPClient is one client for every call to Ermeo, so that
+// connections are reused: TLS 1.2 or newer, certificates always verified,
+// proxies from the environment, no overall timeout (each call is bounded by
+// request_timeout).
+func defaultHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	t.MaxIdleConnsPerHost = 16
+	return &http.Client{Transport: t}
+}
+
+// trustingClient is a copy of base that trusts the CAs of a PEM bundle
+// instead of the system's.
+func trustingClient(base *http.Client, pemText string) (*http.Client, error) {
+	pool, err := certPool(pemText)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := base.Transport.(*http.Transport)
+	if !ok || t == nil {
+		t = http.DefaultTransport.(*http.Transport)
+	}
+	t = t.Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	return &http.Client{Transport: t}, nil
+}
+
+// certPool parses a PEM bundle of CA certificates.
+func certPool(pemText string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pemText)) {
+		return nil, errors.New("ca_certificate: no PEM certificate found: give the CA bundle that signed the Ermeo server's certificate, in PEM")
+	}
+	return pool, nil
+}
