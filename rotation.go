@@ -32,9 +32,13 @@ import (
 //     spent; keep the intent record, keep serving the current access token,
 //     and let the next refresh find out.
 
-// errNeedsReauth is the error of an account whose chain is gone.
+// errNeedsReauth is the error of an account whose chain is gone. It is a
+// 400 (what to run is the operator's to do), except in the request that
+// found Ermeo refusing the chain and recorded it, a 502: that request's
+// failure came from Ermeo, and it changed what is stored.
 type errNeedsReauth struct {
 	mount, name, reason string
+	foundNow            bool
 }
 
 func (e *errNeedsReauth) Error() string {
@@ -64,6 +68,8 @@ func errorResponse(err error) (*logical.Response, error) {
 	var reauth *errNeedsReauth
 	var se *statusError
 	switch {
+	case errors.As(err, &reauth) && reauth.foundNow:
+		return errorResponse(badGateway("%s", err.Error()))
 	case errors.As(err, &reauth):
 		return logical.ErrorResponse(err.Error()), nil
 	case errors.As(err, &se) && se.code == http.StatusBadRequest:
@@ -382,7 +388,7 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
 			return next, err
 		}
-		return next, &errNeedsReauth{mount: r.mount, name: name, reason: o.reason}
+		return next, &errNeedsReauth{mount: r.mount, name: name, reason: o.reason, foundNow: true}
 	}
 }
 

@@ -329,7 +329,7 @@ func TestKeptPasswordRefusedNeedsReauth(t *testing.T) {
 	e.fake.SetUserPassword(testUser, "changed")
 	e.clock.Advance(2 * time.Hour)
 	resp, err := e.request(logical.ReadOperation, "creds/app", nil)
-	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "kept password was refused") {
+	if codeOf(err) != 502 || !strings.Contains(errText(resp, err), "kept password was refused") {
 		t.Fatalf("got %v %v", resp, err)
 	}
 	if a := e.stored("app"); a.State != stateNeedsReauth {
