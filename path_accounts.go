@@ -57,7 +57,7 @@ func pathAccounts(b *backend) []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{"name": accountNameField},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathAccountRotate,
+					Callback: withAccountName(b.pathAccountRotate),
 					// Writes go to the node that may write, before anything is
 					// sent to Ermeo (as the openldap engine declares).
 					ForwardPerformanceStandby:   true,
@@ -115,12 +115,12 @@ func pathAccounts(b *backend) []*framework.Path {
 			ExistenceCheck: b.pathAccountExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback:  b.pathAccountRead,
+					Callback:  withAccountName(b.pathAccountRead),
 					Summary:   "Read the account's status (never a secret).",
 					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.CreateOperation: &framework.PathOperation{
-					Callback: b.pathAccountWrite,
+					Callback: withAccountName(b.pathAccountWrite),
 					// Writes go to the node that may write, before anything is
 					// sent to Ermeo (as the openldap engine declares).
 					ForwardPerformanceStandby:   true,
@@ -129,7 +129,7 @@ func pathAccounts(b *backend) []*framework.Path {
 					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathAccountWrite,
+					Callback: withAccountName(b.pathAccountWrite),
 					// Writes go to the node that may write, before anything is
 					// sent to Ermeo (as the openldap engine declares).
 					ForwardPerformanceStandby:   true,
@@ -138,7 +138,7 @@ func pathAccounts(b *backend) []*framework.Path {
 					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback: b.pathAccountDelete,
+					Callback: withAccountName(b.pathAccountDelete),
 					// Writes go to the node that may write, before anything is
 					// sent to Ermeo (as the openldap engine declares).
 					ForwardPerformanceStandby:   true,
@@ -174,6 +174,22 @@ var accountResponseFields = map[string]*framework.FieldSchema{
 	"checked_at":               {Type: framework.TypeString, Required: true, Description: "When the profile check last passed."},
 }
 
+// accountHandler is a handler of a path that names an account, called with
+// the name checked.
+type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)
+
+// withAccountName checks the account name of the path, once for every
+// handler that takes one: a bad name is a 400 that says what is allowed.
+func withAccountName(h accountHandler) framework.OperationFunc {
+	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+		name := d.Get("name").(string)
+		if err := validateAccountName(name); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		return h(ctx, req, d, name)
+	}
+}
+
 func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	names, err := listAccounts(ctx, req.Storage)
 	if err != nil {
@@ -191,11 +207,7 @@ func (b *backend) pathAccountExists(ctx context.Context, req *logical.Request, d
 	return a != nil, err
 }
 
-func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateAccountName(name); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	a, err := b.store.get(ctx, req.Storage, name)
 	if err != nil || a == nil {
 		return nil, err
@@ -346,12 +358,8 @@ func minTTLError(a *accountEntry, cfg *configEntry, lifetime time.Duration) stri
 		field, humanDuration(minTTL), humanDuration(lifetime), humanDuration(lifetime))
 }
 
-func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	// Read the request.
-	name := d.Get("name").(string)
-	if err := validateAccountName(name); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
+	// Read the request (the name is checked by withAccountName).
 	r, err := parseAccountRequest(d)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -472,22 +480,14 @@ func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *er
 	return nil
 }
 
-func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateAccountName(name); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+func (b *backend) pathAccountDelete(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
 	return nil, b.store.remove(ctx, req.Storage, name)
 }
 
-func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateAccountName(name); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	if err := unknownFields(d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}

@@ -25,7 +25,7 @@ func pathCreds(b *backend) []*framework.Path {
 		Fields: map[string]*framework.FieldSchema{"name": accountNameField},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback:  b.pathCredsRead,
+				Callback:  withAccountName(b.pathCredsRead),
 				Summary:   "An access token of the account with at least min_ttl of life left, under a non-renewable lease that ends before the token does.",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: credsResponseFields}}},
 			},
@@ -56,11 +56,7 @@ func secretAccessToken(b *backend) *framework.Secret {
 	}
 }
 
-func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
-	if err := validateAccountName(name); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
-	}
+func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *framework.FieldData, name string) (*logical.Response, error) {
 	a, cfg, warnings, err := b.accessToken(ctx, req.Storage, req.MountPoint, name)
 	if err != nil {
 		return errorResponse(err)
