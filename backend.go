@@ -1,6 +1,20 @@
 // Package ermeosecrets is a HashiCorp Vault secrets engine that holds an Ermeo
 // integration's client credentials and, for each Ermeo account, the current
 // single-use refresh token, and serves leased access tokens from creds/<name>.
+//
+// Its files, in the order a creds read meets them:
+//
+//	backend.go        Factory, the backend type, field checks before the framework, lifecycle, Invalidate
+//	path_token.go     creds/<name>: the access token and its lease
+//	accounts.go       the account store: entry, cache, unsaved overlay, schedule, one write
+//	rotation.go       the refresh protocol, each outcome classified and recorded in one place
+//	client.go         the Ermeo client, built and cached in one place
+//	storage.go        every storage key, and the entries' load and save
+//	path_config.go    config: fields, credentials check, handlers, help
+//	path_accounts.go  accounts/, accounts/<name>, accounts/<name>/rotate
+//	keepalive.go      the periodic function that rotates idle chains
+//	metrics.go        metrics (JSON and Prometheus) and events
+//	validate.go       the limits and checks of every field, in the operator's words
 package ermeosecrets
 
 import (
