@@ -4,20 +4,23 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 )
 
 // Metrics and events of the refresh protocol.
 //
 // An external plugin runs in its own process, and Vault does not collect its
 // go-metrics (hashicorp/vault#7259), so the plugin keeps its own counters and
-// serves them at the metrics path, as JSON or in Prometheus' text format.
+// serves them at the metrics path, as JSON or in Prometheus' text format,
+// both from the backend's own Prometheus registry.
 // Events go through Vault's event bus (the SDK's event sender) where the
 // Vault version has one.
 
@@ -31,65 +34,135 @@ const (
 // refreshBuckets are the upper bounds, in seconds, of the refresh latency histogram.
 var refreshBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
+// The metric families the engine serves, by name.
+const (
+	metricRefreshes       = "ermeo_refreshes_total"
+	metricPasswordGrants  = "ermeo_password_grants_total"
+	metricChainsLost      = "ermeo_chains_lost_total"
+	metricChainsRecovered = "ermeo_chains_recovered_total"
+	metricRefreshDuration = "ermeo_refresh_duration_seconds"
+	metricExpiresIn       = "ermeo_refresh_token_expires_in_seconds"
+	metricAccounts        = "ermeo_accounts"
+)
+
+// metrics holds a backend's collectors, in a registry of its own: one plugin
+// process serves every mount of the engine, and the default registry would
+// add up (or refuse) the series of all of them. Both formats of the metrics
+// path are rendered from one Gather of this registry.
 type metrics struct {
-	mu sync.Mutex
+	registry *prometheus.Registry
 	// refreshes counts refresh grants by outcome: success, rejected,
 	// chain_gone, unknown.
-	refreshes map[string]uint64
+	refreshes *prometheus.CounterVec
 	// chainsLost counts chains found gone, by how: lost_in_flight (an
 	// earlier answer never arrived) or refused (invalid_grant at once).
-	chainsLost map[string]uint64
+	chainsLost *prometheus.CounterVec
 	// passwordGrants counts password grants (account writes and re-bootstraps
 	// with a kept password) by outcome: success, rejected, unknown.
-	passwordGrants map[string]uint64
+	passwordGrants *prometheus.CounterVec
 	// chainsRecovered counts new chains started with a kept password.
-	chainsRecovered uint64
-	latencyCount    uint64
-	latencySum      float64
-	latencyBuckets  []uint64
+	chainsRecovered prometheus.Counter
+	refreshDuration prometheus.Histogram
+	// accounts computes the per-account gauges at each scrape, from the
+	// backend's cache of accounts (bound by pathMetrics).
+	accounts *accountsCollector
 }
 
 func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricRefreshes,
+			Help: "Refresh grants sent to Ermeo, by outcome.",
+		}, []string{"outcome"}),
+		passwordGrants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricPasswordGrants,
+			Help: "Password grants sent to Ermeo (account writes, re-bootstraps with a kept password), by outcome.",
+		}, []string{"outcome"}),
+		chainsLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricChainsLost,
+			Help: "Refresh chains found gone, by how.",
+		}, []string{"how"}),
+		chainsRecovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricChainsRecovered,
+			Help: "New chains started with a kept password.",
+		}),
+		refreshDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    metricRefreshDuration,
+			Help:    "Time of one refresh grant.",
+			Buckets: refreshBuckets,
+		}),
+		accounts: &accountsCollector{},
+	}
+	m.registry.MustRegister(m.refreshes, m.passwordGrants, m.chainsLost, m.chainsRecovered, m.refreshDuration, m.accounts)
 	// Every series exists from the start, at zero, so that a rate or an
 	// alert on it has data before the first event.
-	return &metrics{
-		refreshes:      map[string]uint64{"success": 0, "rejected": 0, "chain_gone": 0, "unknown": 0},
-		chainsLost:     map[string]uint64{"lost_in_flight": 0, "refused": 0},
-		passwordGrants: map[string]uint64{"success": 0, "rejected": 0, "unknown": 0},
-		latencyBuckets: make([]uint64, len(refreshBuckets)),
+	for _, o := range []string{"success", "rejected", "chain_gone", "unknown"} {
+		m.refreshes.WithLabelValues(o)
 	}
+	for _, o := range []string{"success", "rejected", "unknown"} {
+		m.passwordGrants.WithLabelValues(o)
+	}
+	for _, h := range []string{"lost_in_flight", "refused"} {
+		m.chainsLost.WithLabelValues(h)
+	}
+	return m
 }
 
 func (m *metrics) refresh(outcome string, took time.Duration) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.refreshes[outcome]++
-	s := took.Seconds()
-	m.latencyCount++
-	m.latencySum += s
-	for i, le := range refreshBuckets {
-		if s <= le {
-			m.latencyBuckets[i]++
-		}
-	}
+	m.refreshes.WithLabelValues(outcome).Inc()
+	m.refreshDuration.Observe(took.Seconds())
 }
 
 func (m *metrics) passwordGrant(outcome string) {
-	m.mu.Lock()
-	m.passwordGrants[outcome]++
-	m.mu.Unlock()
+	m.passwordGrants.WithLabelValues(outcome).Inc()
 }
 
 func (m *metrics) chainLost(how string) {
-	m.mu.Lock()
-	m.chainsLost[how]++
-	m.mu.Unlock()
+	m.chainsLost.WithLabelValues(how).Inc()
 }
 
 func (m *metrics) chainRecovered() {
-	m.mu.Lock()
-	m.chainsRecovered++
-	m.mu.Unlock()
+	m.chainsRecovered.Inc()
+}
+
+var (
+	expiresInDesc = prometheus.NewDesc(metricExpiresIn,
+		"Seconds until each account's refresh token expires.", []string{"account"}, nil)
+	accountsDesc = prometheus.NewDesc(metricAccounts,
+		"Accounts known to this node, by state.", []string{"state"}, nil)
+)
+
+// accountsCollector computes the gauges of accounts when the registry is
+// gathered, from what the backend holds then: nothing to keep up to date at
+// each write, and an account deleted or moved is gone from the next scrape.
+type accountsCollector struct {
+	b atomic.Pointer[backend]
+}
+
+func (c *accountsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- expiresInDesc
+	ch <- accountsDesc
+}
+
+func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
+	b := c.b.Load()
+	if b == nil {
+		return
+	}
+	now := b.now()
+	byState := map[string]int{}
+	b.store.each(func(name string, a *accountEntry) {
+		byState[a.State]++
+		if a.RefreshToken != "" && !a.RefreshTokenIssuedAt.IsZero() {
+			// Whole seconds, as the JSON format has always given them.
+			left := int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
+			ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, float64(left), name)
+		}
+	})
+	for state, n := range byState {
+		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), state)
+	}
 }
 
 // emit sends an event on Vault's bus; where there is none, nothing happens.
@@ -103,6 +176,9 @@ func (b *backend) emit(ctx context.Context, eventType, mount, name string, pairs
 }
 
 func pathMetrics(b *backend) []*framework.Path {
+	// The gauges of accounts read b's accounts at each scrape. newMetrics
+	// cannot bind them: it runs before b exists.
+	b.metrics.accounts.b.Store(b)
 	return []*framework.Path{{
 		Pattern: "metrics$",
 		DisplayAttrs: &framework.DisplayAttributes{
@@ -142,6 +218,9 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 	"refresh_seconds_buckets":             {Type: framework.TypeSlice},
 }
 
+// prometheusFormat is the content type of the text exposition format.
+var prometheusFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
+
 func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if err := unknownFields(d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -150,90 +229,86 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	if format != "" && format != "json" && format != "prometheus" {
 		return logical.ErrorResponse("format: must be json or prometheus"), nil
 	}
-	now := b.now()
-	expiresIn := map[string]any{}
-	byState := map[string]any{}
-	b.store.each(func(name string, a *accountEntry) {
-		byState[a.State] = toInt(byState[a.State]) + 1
-		if a.RefreshToken != "" && !a.RefreshTokenIssuedAt.IsZero() {
-			expiresIn[name] = int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
-		}
-	})
-
-	m := b.metrics
-	m.mu.Lock()
-	refreshes, lost, grants := map[string]any{}, map[string]any{}, map[string]any{}
-	for k, v := range m.refreshes {
-		refreshes[k] = int64(v)
+	families, err := b.metrics.registry.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gathering metrics: %w", err)
 	}
-	for k, v := range m.passwordGrants {
-		grants[k] = int64(v)
-	}
-	for k, v := range m.chainsLost {
-		lost[k] = int64(v)
-	}
-	buckets := make([]any, len(m.latencyBuckets))
-	bounds := make([]any, len(refreshBuckets))
-	for i := range m.latencyBuckets {
-		buckets[i], bounds[i] = int64(m.latencyBuckets[i]), refreshBuckets[i]
-	}
-	data := map[string]any{
-		"refreshes":                           refreshes,
-		"chains_lost":                         lost,
-		"chains_recovered":                    int64(m.chainsRecovered),
-		"password_grants":                     grants,
-		"refresh_seconds_count":               int64(m.latencyCount),
-		"refresh_seconds_sum":                 m.latencySum,
-		"refresh_seconds_bucket_upper_bounds": bounds,
-		"refresh_seconds_buckets":             buckets,
-		"refresh_token_expires_in_seconds":    expiresIn,
-		"accounts_by_state":                   byState,
-	}
-	m.mu.Unlock()
-
 	if format != "prometheus" {
-		return &logical.Response{Data: data}, nil
+		return &logical.Response{Data: metricsJSON(families)}, nil
+	}
+	var sb strings.Builder
+	enc := expfmt.NewEncoder(&sb, prometheusFormat)
+	for _, f := range families {
+		if err := enc.Encode(f); err != nil {
+			return nil, fmt.Errorf("rendering metrics: %w", err)
+		}
 	}
 	return &logical.Response{Data: map[string]any{
-		logical.HTTPContentType: "text/plain; version=0.0.4",
-		logical.HTTPRawBody:     prometheusText(data),
+		logical.HTTPContentType: string(prometheusFormat),
+		logical.HTTPRawBody:     sb.String(),
 		logical.HTTPStatusCode:  http.StatusOK,
 	}}, nil
 }
 
-func toInt(v any) int64 {
-	n, _ := v.(int64)
-	return n
-}
-
-// prometheusText renders the metrics in Prometheus' text exposition format.
-func prometheusText(data map[string]any) string {
-	var sb strings.Builder
-	labeled := func(name, help, typ, label string, values map[string]any) {
-		fmt.Fprintf(&sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-		keys := make([]string, 0, len(values))
-		for k := range values {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(&sb, "%s{%s=%q} %v\n", name, label, k, values[k])
+// metricsJSON gives the gathered families as the fields of
+// metricsResponseFields; every field is there, even with no series.
+func metricsJSON(families []*dto.MetricFamily) map[string]any {
+	data := map[string]any{
+		"refreshes":                           map[string]any{},
+		"chains_lost":                         map[string]any{},
+		"chains_recovered":                    int64(0),
+		"password_grants":                     map[string]any{},
+		"refresh_seconds_count":               int64(0),
+		"refresh_seconds_sum":                 float64(0),
+		"refresh_seconds_bucket_upper_bounds": []any{},
+		"refresh_seconds_buckets":             []any{},
+		"refresh_token_expires_in_seconds":    map[string]any{},
+		"accounts_by_state":                   map[string]any{},
+	}
+	fields := map[string]string{
+		metricRefreshes:      "refreshes",
+		metricChainsLost:     "chains_lost",
+		metricPasswordGrants: "password_grants",
+		metricExpiresIn:      "refresh_token_expires_in_seconds",
+		metricAccounts:       "accounts_by_state",
+	}
+	for _, f := range families {
+		switch name := f.GetName(); name {
+		case metricChainsRecovered:
+			for _, m := range f.GetMetric() {
+				data["chains_recovered"] = int64(m.GetCounter().GetValue())
+			}
+		case metricRefreshDuration:
+			for _, m := range f.GetMetric() {
+				h := m.GetHistogram()
+				bounds := make([]any, 0, len(h.GetBucket()))
+				buckets := make([]any, 0, len(h.GetBucket()))
+				for _, bk := range h.GetBucket() {
+					bounds = append(bounds, bk.GetUpperBound())
+					buckets = append(buckets, int64(bk.GetCumulativeCount()))
+				}
+				data["refresh_seconds_count"] = int64(h.GetSampleCount())
+				data["refresh_seconds_sum"] = h.GetSampleSum()
+				data["refresh_seconds_bucket_upper_bounds"] = bounds
+				data["refresh_seconds_buckets"] = buckets
+			}
+		default:
+			field, ok := fields[name]
+			if !ok {
+				continue
+			}
+			byLabel := data[field].(map[string]any)
+			for _, m := range f.GetMetric() {
+				v := m.GetGauge().GetValue()
+				if f.GetType() == dto.MetricType_COUNTER {
+					v = m.GetCounter().GetValue()
+				}
+				// Each of these families has one label.
+				byLabel[m.GetLabel()[0].GetValue()] = int64(v)
+			}
 		}
 	}
-	labeled("ermeo_refreshes_total", "Refresh grants sent to Ermeo, by outcome.", "counter", "outcome", data["refreshes"].(map[string]any))
-	labeled("ermeo_password_grants_total", "Password grants sent to Ermeo (account writes, re-bootstraps with a kept password), by outcome.", "counter", "outcome", data["password_grants"].(map[string]any))
-	labeled("ermeo_chains_lost_total", "Refresh chains found gone, by how.", "counter", "how", data["chains_lost"].(map[string]any))
-	fmt.Fprintf(&sb, "# HELP ermeo_chains_recovered_total New chains started with a kept password.\n# TYPE ermeo_chains_recovered_total counter\nermeo_chains_recovered_total %v\n", data["chains_recovered"])
-	fmt.Fprintf(&sb, "# HELP ermeo_refresh_duration_seconds Time of one refresh grant.\n# TYPE ermeo_refresh_duration_seconds histogram\n")
-	bounds, buckets := data["refresh_seconds_bucket_upper_bounds"].([]any), data["refresh_seconds_buckets"].([]any)
-	for i := range bounds {
-		fmt.Fprintf(&sb, "ermeo_refresh_duration_seconds_bucket{le=\"%v\"} %v\n", bounds[i], buckets[i])
-	}
-	fmt.Fprintf(&sb, "ermeo_refresh_duration_seconds_bucket{le=\"+Inf\"} %v\n", data["refresh_seconds_count"])
-	fmt.Fprintf(&sb, "ermeo_refresh_duration_seconds_sum %v\nermeo_refresh_duration_seconds_count %v\n", data["refresh_seconds_sum"], data["refresh_seconds_count"])
-	labeled("ermeo_refresh_token_expires_in_seconds", "Seconds until each account's refresh token expires.", "gauge", "account", data["refresh_token_expires_in_seconds"].(map[string]any))
-	labeled("ermeo_accounts", "Accounts known to this node, by state.", "gauge", "state", data["accounts_by_state"].(map[string]any))
-	return sb.String()
+	return data
 }
 
 const pathMetricsHelpSyn = `The engine's own metrics: refreshes by outcome, chains lost and recovered, refresh latency, refresh token expiry.`

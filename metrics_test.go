@@ -2,12 +2,19 @@ package ermeosecrets
 
 import (
 	"context"
+	"maps"
+	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
@@ -66,12 +73,16 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 		`ermeo_chains_lost_total{how="refused"} 1`,
 		`ermeo_chains_recovered_total 1`,
 		`ermeo_refresh_duration_seconds_count 3`,
-		`ermeo_refresh_token_expires_in_seconds{account="kept"} 1209600`,
 		`ermeo_accounts{state="active"} 2`,
 	} {
 		if !strings.Contains(prom, want) {
 			t.Errorf("prometheus text lacks %q:\n%s", want, prom)
 		}
+	}
+
+	// expfmt writes 1209600 as 1.2096e+06: compare the parsed value.
+	if v := sampleValue(t, parsePrometheus(t, prom)[metricExpiresIn], "kept"); v != (14 * 24 * time.Hour).Seconds() {
+		t.Errorf("prometheus expires in for kept: %v", v)
 	}
 
 	events.mu.Lock()
@@ -85,6 +96,209 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("events lack %q; got:\n%s", want, got)
+		}
+	}
+}
+
+// parsePrometheus parses text in Prometheus' text exposition format, as a
+// Prometheus server would, failing the test on any error.
+func parsePrometheus(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parsing the prometheus text: %v\n%s", err, text)
+	}
+	return families
+}
+
+// sampleValue is the value of the counter or gauge of f whose only label has
+// the value label ("" for a family without labels).
+func sampleValue(t *testing.T, f *dto.MetricFamily, label string) float64 {
+	t.Helper()
+	if f == nil {
+		t.Fatalf("no such family")
+	}
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) == 0 && label != "" || len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() != label {
+			continue
+		}
+		if f.GetType() == dto.MetricType_COUNTER {
+			return m.GetCounter().GetValue()
+		}
+		return m.GetGauge().GetValue()
+	}
+	t.Fatalf("%s has no series %q", f.GetName(), label)
+	return 0
+}
+
+func readPrometheus(t *testing.T, e *testEnv) (map[string]*dto.MetricFamily, string) {
+	t.Helper()
+	resp := e.must(logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"})
+	ct, _ := resp.Data[logical.HTTPContentType].(string)
+	if !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		t.Errorf("content type %q", ct)
+	}
+	text := resp.Data[logical.HTTPRawBody].(string)
+	return parsePrometheus(t, text), text
+}
+
+// TestPrometheusTextParsesWithEveryFamily: what a Prometheus server would
+// read of the text format, family by family, with its type, help and
+// series, and that the JSON format says the same.
+func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	e.createAccount("kept", map[string]any{"store_password": true})
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	e.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultStatus, Status: 503, Times: 1})
+	_, _ = e.request(logical.UpdateOperation, "accounts/app/rotate", nil)
+	e.clock.Advance(time.Hour)
+
+	families, text := readPrometheus(t, e)
+	want := map[string]struct {
+		typ    dto.MetricType
+		help   string
+		labels []string // the label's values, sorted; nil for none
+	}{
+		metricRefreshes:       {dto.MetricType_COUNTER, "Refresh grants sent to Ermeo, by outcome.", []string{"chain_gone", "rejected", "success", "unknown"}},
+		metricPasswordGrants:  {dto.MetricType_COUNTER, "Password grants sent to Ermeo (account writes, re-bootstraps with a kept password), by outcome.", []string{"rejected", "success", "unknown"}},
+		metricChainsLost:      {dto.MetricType_COUNTER, "Refresh chains found gone, by how.", []string{"lost_in_flight", "refused"}},
+		metricChainsRecovered: {dto.MetricType_COUNTER, "New chains started with a kept password.", nil},
+		metricRefreshDuration: {dto.MetricType_HISTOGRAM, "Time of one refresh grant.", nil},
+		metricExpiresIn:       {dto.MetricType_GAUGE, "Seconds until each account's refresh token expires.", []string{"app", "kept"}},
+		metricAccounts:        {dto.MetricType_GAUGE, "Accounts known to this node, by state.", []string{"active"}},
+	}
+	if got := slices.Sorted(maps.Keys(families)); !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
+		t.Errorf("families %v, want %v", got, slices.Sorted(maps.Keys(want)))
+	}
+	labelName := map[string]string{metricRefreshes: "outcome", metricPasswordGrants: "outcome", metricChainsLost: "how", metricExpiresIn: "account", metricAccounts: "state"}
+	for name, w := range want {
+		f := families[name]
+		if f == nil {
+			continue
+		}
+		if f.GetType() != w.typ || f.GetHelp() != w.help {
+			t.Errorf("%s: type %v help %q, want %v %q", name, f.GetType(), f.GetHelp(), w.typ, w.help)
+		}
+		var values []string
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() != labelName[name] {
+					t.Errorf("%s: label %s", name, l.GetName())
+				}
+				values = append(values, l.GetValue())
+			}
+		}
+		slices.Sort(values)
+		if !slices.Equal(values, w.labels) {
+			t.Errorf("%s: series %v, want %v", name, values, w.labels)
+		}
+	}
+
+	h := families[metricRefreshDuration].GetMetric()[0].GetHistogram()
+	// The parser keeps the +Inf bucket that the text has; the JSON, from
+	// the registry, has only the finite ones.
+	buckets := h.GetBucket()
+	if n := len(buckets); n == 0 || !math.IsInf(buckets[n-1].GetUpperBound(), 1) || buckets[n-1].GetCumulativeCount() != h.GetSampleCount() {
+		t.Fatalf("histogram: no +Inf bucket of every sample: %v", buckets)
+	}
+	buckets = buckets[:len(buckets)-1]
+	var bounds []float64
+	for _, b := range buckets {
+		bounds = append(bounds, b.GetUpperBound())
+	}
+	if !slices.Equal(bounds, refreshBuckets) || h.GetSampleCount() != 2 {
+		t.Errorf("histogram: bounds %v count %d", bounds, h.GetSampleCount())
+	}
+	for _, w := range []string{`ermeo_refreshes_total{outcome="success"} 1`, `ermeo_refreshes_total{outcome="unknown"} 1`, `ermeo_accounts{state="active"} 2`} {
+		if !strings.Contains(text, w) {
+			t.Errorf("text lacks %q", w)
+		}
+	}
+	if v := sampleValue(t, families[metricExpiresIn], "kept"); v != (14*24*time.Hour - time.Hour).Seconds() {
+		t.Errorf("kept expires in %v", v)
+	}
+
+	// The JSON format, from the same registry, says the same.
+	data := e.must(logical.ReadOperation, "metrics", nil).Data
+	jsonMaps := map[string]string{metricRefreshes: "refreshes", metricPasswordGrants: "password_grants", metricChainsLost: "chains_lost", metricExpiresIn: "refresh_token_expires_in_seconds", metricAccounts: "accounts_by_state"}
+	for name, field := range jsonMaps {
+		m := data[field].(map[string]any)
+		if len(m) != len(families[name].GetMetric()) {
+			t.Errorf("%s: JSON %v, text %v", field, m, families[name])
+		}
+		for k, v := range m {
+			if float64(v.(int64)) != sampleValue(t, families[name], k) {
+				t.Errorf("%s[%s]: JSON %v, text %v", field, k, v, sampleValue(t, families[name], k))
+			}
+		}
+	}
+	if data["refresh_seconds_count"] != int64(h.GetSampleCount()) || data["refresh_seconds_sum"] != h.GetSampleSum() {
+		t.Errorf("JSON latency %v %v, text %d %v", data["refresh_seconds_count"], data["refresh_seconds_sum"], h.GetSampleCount(), h.GetSampleSum())
+	}
+	jbounds, jbuckets := data["refresh_seconds_bucket_upper_bounds"].([]any), data["refresh_seconds_buckets"].([]any)
+	if len(jbounds) != len(refreshBuckets) || len(jbuckets) != len(refreshBuckets) {
+		t.Fatalf("JSON buckets %v %v", jbounds, jbuckets)
+	}
+	for i, b := range buckets {
+		if jbounds[i] != b.GetUpperBound() || jbuckets[i] != int64(b.GetCumulativeCount()) {
+			t.Errorf("bucket %d: JSON %v %v, text %v %d", i, jbounds[i], jbuckets[i], b.GetUpperBound(), b.GetCumulativeCount())
+		}
+	}
+}
+
+// TestMetricsRegistriesArePerBackend: one plugin process serves every mount,
+// so each backend counts in a registry of its own, and none in the default one.
+func TestMetricsRegistriesArePerBackend(t *testing.T) {
+	one, two := newTestEnv(t, fakeermeo.Options{}), newTestEnv(t, fakeermeo.Options{})
+	if one.b.metrics.registry == two.b.metrics.registry || prometheus.DefaultGatherer == prometheus.Gatherer(one.b.metrics.registry) {
+		t.Fatal("backends share a registry")
+	}
+	one.configure()
+	one.createAccount("app", nil)
+	one.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	two.b.metrics.chainLost("refused")
+
+	f1, _ := readPrometheus(t, one)
+	f2, _ := readPrometheus(t, two)
+	if v := sampleValue(t, f1[metricRefreshes], "success"); v != 1 {
+		t.Errorf("one: refreshes success %v", v)
+	}
+	if v := sampleValue(t, f1[metricChainsLost], "refused"); v != 0 {
+		t.Errorf("one: chains lost %v", v)
+	}
+	if v := sampleValue(t, f2[metricRefreshes], "success"); v != 0 {
+		t.Errorf("two: refreshes success %v", v)
+	}
+	if v := sampleValue(t, f2[metricChainsLost], "refused"); v != 1 {
+		t.Errorf("two: chains lost %v", v)
+	}
+	if v := sampleValue(t, f1[metricPasswordGrants], "success"); v != 1 {
+		t.Errorf("one: password grants %v", v)
+	}
+	if v := sampleValue(t, f2[metricPasswordGrants], "success"); v != 0 {
+		t.Errorf("two: password grants %v", v)
+	}
+	// The gauges of accounts walk each backend's own accounts.
+	if f1[metricAccounts] == nil || f1[metricExpiresIn] == nil {
+		t.Errorf("one lacks its account's gauges")
+	}
+	if f2[metricAccounts] != nil || f2[metricExpiresIn] != nil {
+		t.Errorf("two has gauges of accounts it does not hold: %v %v", f2[metricAccounts], f2[metricExpiresIn])
+	}
+	if data := two.must(logical.ReadOperation, "metrics", nil).Data; len(data["accounts_by_state"].(map[string]any)) != 0 {
+		t.Errorf("two's JSON: %v", data["accounts_by_state"])
+	}
+
+	defaults, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range defaults {
+		if strings.HasPrefix(f.GetName(), "ermeo_") {
+			t.Errorf("the default registry has %s", f.GetName())
 		}
 	}
 }
