@@ -1,11 +1,14 @@
 package ermeosecrets
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net/http"
 	"sync"
+
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
@@ -30,7 +33,14 @@ type connection struct {
 }
 
 func (b *backend) connectionOf(cfg *configEntry) connection {
-	return connection{cfg.APIURL, cfg.ClientID, cfg.ClientSecret, cfg.BodyFormat, cfg.CACertificate, b.httpClient}
+	c := connectionOfEntry(cfg)
+	c.http = b.httpClient
+	return c
+}
+
+// connectionOfEntry is config's part of a connection.
+func connectionOfEntry(cfg *configEntry) connection {
+	return connection{apiURL: cfg.APIURL, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, bodyFormat: cfg.BodyFormat, caCertificate: cfg.CACertificate}
 }
 
 func (c *clientCache) reset() {
@@ -59,6 +69,7 @@ func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
 		ClientID:     cfg.ClientID,
 		ClientSecret: cfg.ClientSecret,
 		BodyFormat:   ermeo.BodyFormat(cfg.BodyFormat),
+		Detected:     ermeo.BodyFormat(cfg.BodyFormatDetected),
 		HTTPClient:   hc,
 	})
 	if err != nil {
@@ -102,4 +113,29 @@ func certPool(pemText string) (*x509.CertPool, error) {
 		return nil, errors.New("ca_certificate: no PEM certificate found: give the CA bundle that signed the Ermeo server's certificate, in PEM")
 	}
 	return pool, nil
+}
+
+// rememberBodyFormat records in config the body format that a client in
+// body_format=auto found to work, so that later clients (after a restart,
+// or on another node) start from it. Nothing is written when it is already
+// recorded, or when config changed meanwhile.
+func (b *backend) rememberBodyFormat(ctx context.Context, s logical.Storage, cfg *configEntry, client *ermeo.Client) {
+	detected := string(client.Detected())
+	if cfg.BodyFormat != string(ermeo.BodyAuto) || detected == "" || detected == cfg.BodyFormatDetected {
+		return
+	}
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	stored, err := loadConfig(ctx, s)
+	if err != nil || stored == nil || connectionOfEntry(stored) != connectionOfEntry(cfg) || stored.BodyFormatDetected == detected {
+		return
+	}
+	stored.BodyFormatDetected = detected
+	if err := saveConfig(ctx, s, stored); err != nil {
+		b.Logger().Warn("could not record the body format Ermeo reads; it is found again on the next grant", "body_format_detected", detected, "error", err)
+		return
+	}
+	b.cacheConfig(stored)
+	b.Logger().Info("recorded the body format Ermeo reads", "body_format_detected", detected)
 }

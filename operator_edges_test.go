@@ -317,7 +317,7 @@ func TestErrorsNameTheFieldInWordsAPersonReads(t *testing.T) {
 		{"config", map[string]any{"request_timeout": "soon"}, []string{`request_timeout: not a duration (got "soon")`}},
 		{"config", map[string]any{"default_rotation_period": "400h"}, []string{"default_rotation_period: 16 days 16 hours is out of range: allowed from 1 minute to 13 days"}},
 		{"accounts/app", map[string]any{"min_ttl": "0"}, []string{"min_ttl: 0 seconds is out of range: allowed from 1 second to 14 days"}},
-		{"config", map[string]any{"body_format": "xml"}, []string{`body_format: must be json or form (got "xml")`}},
+		{"config", map[string]any{"body_format": "xml"}, []string{`body_format: must be auto, json or form (got "xml")`}},
 		{"accounts/app", map[string]any{"username": []any{"a"}}, []string{"username: must be a string (got a list)"}},
 	}
 	for _, c := range cases {

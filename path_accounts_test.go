@@ -192,12 +192,12 @@ func TestAccountWrongClientSecretNamesTheConfig(t *testing.T) {
 
 func TestAccountFormBodyAgainstAServerThatRefusesJSON(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{RefuseJSON: true})
-	// The config write's credentials check finds it first.
-	resp, err := e.request(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret})
+	// With body_format=json, the config write's credentials check finds it first.
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret, "body_format": "json"})
 	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "body_format=form") {
 		t.Fatalf("want the config write refused with a 400 suggesting body_format=form, got %v %v", resp, err)
 	}
-	e.configureUnchecked()
+	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret, "body_format": "json", "verify_connection": false})
 	resp, err = e.request(logical.UpdateOperation, "accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "body_format=form") {
 		t.Fatalf("want a 400 suggesting body_format=form, got %v %v", resp, err)
@@ -206,6 +206,49 @@ func TestAccountFormBodyAgainstAServerThatRefusesJSON(t *testing.T) {
 	e.createAccount("app", nil)
 	if tok := e.creds("app").Data["access_token"].(string); !e.fake.AccessTokenValid(tok) {
 		t.Errorf("form body: token not valid")
+	}
+}
+
+// body_format=auto (the default) finds the format the server reads, at the
+// config write's credentials check, remembers it, and a later process starts
+// from it; no refresh token is ever sent twice.
+func TestBodyFormatAutoFindsAndRemembersForm(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{RefuseJSON: true})
+	e.configure()
+	if got := e.must(logical.ReadOperation, "config", nil).Data["body_format_detected"]; got != "form" {
+		t.Fatalf("body_format_detected after the credentials check: %v", got)
+	}
+	e.createAccount("app", nil)
+	before := e.fake.Counters().Requests
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	if n := e.fake.Counters().Requests - before; n != 1 {
+		t.Errorf("a rotation after detection made %d requests, want 1", n)
+	}
+	// A new process (a restart) reads the detected format from config.
+	e.restart()
+	before = e.fake.Counters().Requests
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	if n := e.fake.Counters().Requests - before; n != 1 {
+		t.Errorf("a rotation after a restart made %d requests, want 1", n)
+	}
+	if tok := e.creds("app").Data["access_token"].(string); !e.fake.AccessTokenValid(tok) {
+		t.Errorf("token not valid")
+	}
+	e.assertNoTokenUsedTwice()
+
+	// Without the check, the first refresh finds it, and records it.
+	e2 := newTestEnv(t, fakeermeo.Options{RefuseJSON: true})
+	e2.configureUnchecked()
+	e2.createAccount("app", nil)
+	if got := e2.must(logical.ReadOperation, "config", nil).Data["body_format_detected"]; got != "form" {
+		t.Errorf("body_format_detected after the first grant: %v", got)
+	}
+	e2.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	e2.assertNoTokenUsedTwice()
+	// Another connection forgets it.
+	e2.must(logical.UpdateOperation, "config", map[string]any{"client_secret": testClientSecret + "x", "verify_connection": false})
+	if got := e2.must(logical.ReadOperation, "config", nil).Data["body_format_detected"]; got != "" {
+		t.Errorf("body_format_detected after a new secret: %v", got)
 	}
 }
 

@@ -38,9 +38,9 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"body_format": {
 				Type:          framework.TypeString,
-				Description:   "How token requests are encoded: json (as Ermeo documents) or form (as the stock OAuth server library reads).",
-				Default:       string(ermeo.BodyJSON),
-				AllowedValues: []any{string(ermeo.BodyJSON), string(ermeo.BodyForm)},
+				Description:   "How token requests are encoded: auto (JSON, then the same grant form-encoded once if the server answers exactly what a form-only server answers to JSON, which spends nothing; the format that worked is remembered), json (as Ermeo documents) or form (as the stock OAuth server library reads).",
+				Default:       string(ermeo.BodyAuto),
+				AllowedValues: []any{string(ermeo.BodyAuto), string(ermeo.BodyJSON), string(ermeo.BodyForm)},
 			},
 			"ca_certificate": {
 				Type:        framework.TypeString,
@@ -117,6 +117,7 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"client_id":               {Type: framework.TypeString, Required: true},
 	"client_secret_set":       {Type: framework.TypeBool, Required: true, Description: "Whether a client secret is stored (its value is never returned)."},
 	"body_format":             {Type: framework.TypeString, Required: true},
+	"body_format_detected":    {Type: framework.TypeString, Required: true, Description: "With body_format auto: the format Ermeo was found to read (json or form), or empty before its first answer."},
 	"verify_accounts":         {Type: framework.TypeBool, Required: true},
 	"verify_connection":       {Type: framework.TypeBool, Required: true},
 	"credentials_checked_at":  {Type: framework.TypeString, Required: true, Description: "When Ermeo last accepted the client credentials (RFC 3339), or empty if they were not checked."},
@@ -141,6 +142,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"client_id":               c.ClientID,
 		"client_secret_set":       c.ClientSecret != "",
 		"body_format":             c.BodyFormat,
+		"body_format_detected":    c.BodyFormatDetected,
 		"ca_certificate":          c.CACertificate,
 		"verify_accounts":         !c.SkipAccountCheck,
 		"verify_connection":       !c.SkipConnectionCheck,
@@ -163,7 +165,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	c := &configEntry{
 		APIURL:                ermeo.DefaultAPIURL,
-		BodyFormat:            string(ermeo.BodyJSON),
+		BodyFormat:            string(ermeo.BodyAuto),
 		RequestTimeout:        defaultRequestTimeout,
 		DefaultMinTTL:         defaultMinTTL,
 		DefaultRotationPeriod: defaultRotationPeriod,
@@ -191,13 +193,17 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 	// Act: prove the credentials before they replace the stored ones.
 	if old == nil || connectionChanged(old, c) {
-		c.CredentialsCheckedAt = time.Time{}
+		c.CredentialsCheckedAt, c.BodyFormatDetected = time.Time{}, ""
 	}
 	if !c.SkipConnectionCheck && c.CredentialsCheckedAt.IsZero() {
-		if err := b.checkCredentials(ctx, c); err != nil {
+		detected, err := b.checkCredentials(ctx, c)
+		if err != nil {
 			return errorResponse(err)
 		}
 		c.CredentialsCheckedAt = b.now()
+		if c.BodyFormat == string(ermeo.BodyAuto) {
+			c.BodyFormatDetected = string(detected)
+		}
 	}
 	if err := saveConfig(ctx, req.Storage, c); err != nil {
 		return nil, err
@@ -234,10 +240,12 @@ const credentialsCheckToken = "vault-plugin-secrets-ermeo-credentials-check"
 // refresh grant with a refresh token that cannot exist. The server checks the
 // client before the grant, so invalid_client means bad credentials and
 // invalid_grant means good ones; nothing is spent either way.
-func (b *backend) checkCredentials(ctx context.Context, c *configEntry) error {
+// With body_format auto, it also finds the body format Ermeo reads, and
+// returns it.
+func (b *backend) checkCredentials(ctx context.Context, c *configEntry) (ermeo.BodyFormat, error) {
 	client, err := b.client(c)
 	if err != nil {
-		return &statusError{code: http.StatusBadRequest, msg: err.Error()}
+		return "", &statusError{code: http.StatusBadRequest, msg: err.Error()}
 	}
 	cctx, cancel := upstreamContext(ctx, c)
 	defer cancel()
@@ -246,15 +254,15 @@ func (b *backend) checkCredentials(ctx context.Context, c *configEntry) error {
 	const skip = " (set verify_connection=false to write config without this check)"
 	switch {
 	case err == nil:
-		return badGateway("Ermeo answered the credentials check with a token for a refresh token that cannot exist: check api_url" + skip)
+		return "", badGateway("Ermeo answered the credentials check with a token for a refresh token that cannot exist: check api_url" + skip)
 	case errors.As(err, &rejected) && rejected.ChainGone():
-		return nil
+		return client.Detected(), nil
 	case errors.As(err, &rejected) && (rejected.Code == "invalid_client" || rejected.Code == "unauthorized_client"):
-		return &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret: Ermeo refused the client credentials: " + rejected.Message() + skip}
+		return "", &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret: Ermeo refused the client credentials: " + rejected.Message() + skip}
 	case errors.As(err, &rejected):
-		return &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the credentials check: " + rejected.Message() + skip}
+		return "", &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the credentials check: " + rejected.Message() + skip}
 	default:
-		return badGateway("Ermeo did not answer the credentials check at %s: %s%s", c.APIURL, ermeo.Message(err), skip)
+		return "", badGateway("Ermeo did not answer the credentials check at %s: %s%s", c.APIURL, ermeo.Message(err), skip)
 	}
 }
 
@@ -321,8 +329,8 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error)
 	if v, ok, err := stringField(d, "body_format"); err != nil {
 		return nil, err
 	} else if ok {
-		if v != string(ermeo.BodyJSON) && v != string(ermeo.BodyForm) {
-			return nil, fmt.Errorf("body_format: must be json or form (got %s)", describe(v))
+		if v != string(ermeo.BodyAuto) && v != string(ermeo.BodyJSON) && v != string(ermeo.BodyForm) {
+			return nil, fmt.Errorf("body_format: must be auto, json or form (got %s)", describe(v))
 		}
 		c.BodyFormat = v
 	}
@@ -408,9 +416,12 @@ The client id and secret are those of your Ermeo integration. The secret is
 write-only: a read says only whether it is set (client_secret_set).
 
 api_url defaults to https://api.ermeo.com. It must be https, except for a test
-server on a loopback address. body_format is json by default, as Ermeo
-documents; if Ermeo answers "Invalid grant_type parameter or parameter missing",
-try body_format=form.
+server on a loopback address. body_format is auto by default: token requests
+are sent as JSON, as Ermeo documents, and if the server answers exactly what a
+server that reads only form fields answers to JSON ("Invalid grant_type
+parameter or parameter missing", which spends nothing), the same grant is sent
+once more form-encoded; the format that worked is remembered and shown as
+body_format_detected. body_format=json or form fixes the format.
 
 TLS certificates are always verified. For a server whose certificate is signed
 by a private CA, give that CA in PEM as ca_certificate.

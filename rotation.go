@@ -229,11 +229,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	}
 
 	// 3. The refresh, detached from the caller.
-	rctx, cancel := upstreamContext(ctx, r.cfg)
-	sentAt, sent := b.now(), time.Now()
-	tok, err := client.RefreshGrant(rctx, a.RefreshToken)
-	took := time.Since(sent)
-	cancel()
+	tok, sentAt, took, err := b.refreshGrant(ctx, r, client, a.RefreshToken)
 	if b.crashed(crashAfterUpstream) {
 		return nil, errSimulatedCrash
 	}
@@ -405,7 +401,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 	}
 	o := outcome{kind: outcomeNeedsReauth, reason: reason}
 	if password != "" {
-		o.tok, o.sentAt, o.err = b.passwordGrant(ctx, r.cfg, client, a.Username, password)
+		o.tok, o.sentAt, o.err = b.passwordGrant(ctx, r, client, a.Username, password)
 		switch ermeo.OutcomeOf(o.err) {
 		case ermeo.OutcomeSuccess:
 			o.kind = outcomeRecovered
@@ -421,13 +417,27 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 // passwordGrant runs Ermeo's password grant, detached from the caller and
 // bounded by request_timeout, and counts its outcome. It returns when the
 // request was sent, from which the new tokens' lives are counted.
-func (b *backend) passwordGrant(ctx context.Context, cfg *configEntry, client *ermeo.Client, username, password string) (*ermeo.Token, time.Time, error) {
-	pctx, cancel := upstreamContext(ctx, cfg)
+func (b *backend) passwordGrant(ctx context.Context, r rotation, client *ermeo.Client, username, password string) (*ermeo.Token, time.Time, error) {
+	pctx, cancel := upstreamContext(ctx, r.cfg)
 	defer cancel()
 	sentAt := b.now()
 	tok, err := client.PasswordGrant(pctx, username, password)
 	b.metrics.passwordGrant(ermeo.OutcomeOf(err).String())
+	b.rememberBodyFormat(ctx, r.storage, r.cfg, client)
 	return tok, sentAt, err
+}
+
+// refreshGrant spends a refresh token, detached from the caller and bounded
+// by request_timeout. It returns when the request was sent, from which the
+// new tokens' lives are counted, and how long the call took.
+func (b *backend) refreshGrant(ctx context.Context, r rotation, client *ermeo.Client, refreshToken string) (*ermeo.Token, time.Time, time.Duration, error) {
+	rctx, cancel := upstreamContext(ctx, r.cfg)
+	defer cancel()
+	sentAt, sent := b.now(), time.Now()
+	tok, err := client.RefreshGrant(rctx, refreshToken)
+	took := time.Since(sent)
+	b.rememberBodyFormat(ctx, r.storage, r.cfg, client)
+	return tok, sentAt, took, err
 }
 
 // grantError turns a failed password grant or adoption into what the
@@ -469,11 +479,7 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 	if err != nil {
 		return nil, err
 	}
-	rctx, cancel := upstreamContext(ctx, r.cfg)
-	sentAt, sent := b.now(), time.Now()
-	tok, err := client.RefreshGrant(rctx, refreshToken)
-	took := time.Since(sent)
-	cancel()
+	tok, sentAt, took, err := b.refreshGrant(ctx, r, client, refreshToken)
 	if o := classifyRefresh(err, 1); o.kind != outcomeRotated {
 		b.metrics.refresh(o.kind.metricLabel(), took)
 		if o.kind == outcomeUnknown {
@@ -526,7 +532,7 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 	if err != nil {
 		return nil, err
 	}
-	tok, sentAt, err := b.passwordGrant(ctx, r.cfg, client, a.Username, password)
+	tok, sentAt, err := b.passwordGrant(ctx, r, client, a.Username, password)
 	if err != nil {
 		return nil, grantError("password", err)
 	}

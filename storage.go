@@ -33,12 +33,15 @@ func passwordKey(name string) string { return passwordPrefix + name }
 
 // configEntry is the mount's connection to Ermeo.
 type configEntry struct {
-	APIURL         string        `json:"api_url"`
-	ClientID       string        `json:"client_id"`
-	ClientSecret   string        `json:"client_secret"`
-	BodyFormat     string        `json:"body_format"`
-	RequestTimeout time.Duration `json:"request_timeout"`
-	CACertificate  string        `json:"ca_certificate,omitempty"`
+	APIURL       string `json:"api_url"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	BodyFormat   string `json:"body_format"`
+	// BodyFormatDetected is, with body_format auto, the format Ermeo was
+	// found to read (json or form), or "" before the first answer.
+	BodyFormatDetected string        `json:"body_format_detected,omitempty"`
+	RequestTimeout     time.Duration `json:"request_timeout"`
+	CACertificate      string        `json:"ca_certificate,omitempty"`
 	// SkipAccountCheck turns off the GET /api/v1/profile check of a new
 	// account (verify_accounts=false).
 	SkipAccountCheck bool `json:"skip_account_check,omitempty"`

@@ -20,15 +20,27 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 )
 
 // BodyFormat is the encoding of token request bodies.
 type BodyFormat string
 
 const (
-	BodyJSON BodyFormat = "json" // default: application/json, as Ermeo documents
+	BodyJSON BodyFormat = "json" // application/json, as Ermeo documents (the default)
 	BodyForm BodyFormat = "form" // application/x-www-form-urlencoded, as Ermeo's SDK sends
+	// BodyAuto sends JSON and, if the server answers exactly what a server
+	// that reads only form fields answers to a JSON body (invalid_request
+	// "Invalid grant_type parameter or parameter missing": it found no
+	// grant_type, so it looked at no credential and no refresh token, and
+	// spent nothing), sends the same grant once more, form-encoded. The
+	// format that worked is then used for every later request (Detected).
+	BodyAuto BodyFormat = "auto"
 )
+
+// stockJSONRefusal is the error_description of the stock server library's
+// answer to a body it did not read.
+const stockJSONRefusal = "Invalid grant_type parameter or parameter missing"
 
 // DefaultAPIURL is Ermeo's API base URL, used when Config.APIURL is empty.
 const DefaultAPIURL = "https://api.ermeo.com"
@@ -50,6 +62,9 @@ type Config struct {
 	ClientID     string
 	ClientSecret string
 	BodyFormat   BodyFormat // "" means BodyJSON
+	// Detected is, for BodyAuto, the format an earlier client found to work
+	// ("" when none was found yet).
+	Detected BodyFormat
 	// HTTPClient is used for every call; nil means a new client with a clone of
 	// http.DefaultTransport and no overall Timeout (bound calls with ctx). The
 	// client is copied, never mutated; the copy never follows redirects.
@@ -63,6 +78,9 @@ type Client struct {
 	clientSecret string
 	format       BodyFormat
 	http         *http.Client
+	// detected is, for BodyAuto, the format found to work (a BodyFormat
+	// string), or "".
+	detected atomic.Value
 }
 
 // New checks cfg and returns a Client.
@@ -79,8 +97,11 @@ func New(cfg Config) (*Client, error) {
 	if format == "" {
 		format = BodyJSON
 	}
-	if format != BodyJSON && format != BodyForm {
-		return nil, fmt.Errorf("ermeo: unknown body format %q (want %q or %q)", cfg.BodyFormat, BodyJSON, BodyForm)
+	if format != BodyJSON && format != BodyForm && format != BodyAuto {
+		return nil, fmt.Errorf("ermeo: unknown body format %q (want %q, %q or %q)", cfg.BodyFormat, BodyAuto, BodyJSON, BodyForm)
+	}
+	if cfg.Detected != "" && cfg.Detected != BodyJSON && cfg.Detected != BodyForm {
+		return nil, fmt.Errorf("ermeo: unknown detected body format %q", cfg.Detected)
 	}
 
 	var hc http.Client
@@ -91,13 +112,17 @@ func New(cfg Config) (*Client, error) {
 	}
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-	return &Client{
+	c := &Client{
 		baseURL:      strings.TrimRight(raw, "/"),
 		clientID:     cfg.ClientID,
 		clientSecret: cfg.ClientSecret,
 		format:       format,
 		http:         &hc,
-	}, nil
+	}
+	if format == BodyAuto && cfg.Detected != "" {
+		c.detected.Store(string(cfg.Detected))
+	}
+	return c, nil
 }
 
 // ParseAPIURL checks that raw is a base URL the client can use: http or
@@ -165,12 +190,61 @@ func (c *Client) RefreshGrant(ctx context.Context, refreshToken string) (*Token,
 	return c.grant(ctx, tokenRequest{GrantType: "refresh_token", RefreshToken: refreshToken})
 }
 
+// Detected is, for a BodyAuto client, the body format found to work: BodyJSON
+// or BodyForm, or "" while no token request has been answered yet. For other
+// clients it is their format.
+func (c *Client) Detected() BodyFormat {
+	if c.format != BodyAuto {
+		return c.format
+	}
+	f, _ := c.detected.Load().(string)
+	return BodyFormat(f)
+}
+
 func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
+	format := c.format
+	if format == BodyAuto {
+		if format = c.Detected(); format == "" {
+			format = BodyJSON
+		}
+	}
+	tok, err := c.grantAs(ctx, r, format)
+	var re *RejectedError
+	switch {
+	case c.format != BodyAuto:
+	case format == BodyJSON && errors.As(err, &re) && re.Code == "invalid_request" && re.Description == stockJSONRefusal:
+		// The server read no field of the JSON body: nothing was looked
+		// at, nothing spent. The same grant, once, as a form.
+		tok, err = c.grantAs(ctx, r, BodyForm)
+		if answeredByServer(err) {
+			c.detected.Store(string(BodyForm))
+		}
+	case answeredByServer(err):
+		// The server read this format (it answered a token, or an OAuth
+		// error about the grant itself).
+		c.detected.Store(string(format))
+	}
+	return tok, err
+}
+
+// answeredByServer reports whether err (from grantAs) shows that the server
+// read the request's body: a token, or an OAuth error other than the stock
+// library's answer to a body it did not read.
+func answeredByServer(err error) bool {
+	var re *RejectedError
+	if err == nil {
+		return true
+	}
+	return errors.As(err, &re) && !(re.Code == "invalid_request" && re.Description == stockJSONRefusal)
+}
+
+// grantAs sends one token request with the body in format (json or form).
+func (c *Client) grantAs(ctx context.Context, r tokenRequest, format BodyFormat) (*Token, error) {
 	r.ClientID, r.ClientSecret = c.clientID, c.clientSecret
 
 	var body []byte
 	contentType := "application/json"
-	if c.format == BodyForm {
+	if format == BodyForm {
 		body = []byte(r.form().Encode())
 		contentType = "application/x-www-form-urlencoded"
 	} else {
@@ -189,7 +263,7 @@ func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
 	if resp.StatusCode != http.StatusOK {
 		err := rejection(resp, respBody, r.RefreshToken, r.Password, r.ClientSecret)
 		if re, ok := err.(*RejectedError); ok {
-			re.Hint = c.hint(re)
+			re.Hint = c.hint(re, format)
 		}
 		return nil, err
 	}
@@ -197,9 +271,9 @@ func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
 }
 
 // hint returns advice for the operator on a rejected token request.
-func (c *Client) hint(e *RejectedError) string {
+func (c *Client) hint(e *RejectedError, format BodyFormat) string {
 	switch {
-	case e.Code == "invalid_request" && c.format == BodyJSON && strings.Contains(e.Description, "grant_type"):
+	case e.Code == "invalid_request" && format == BodyJSON && c.format == BodyJSON && strings.Contains(e.Description, "grant_type"):
 		// The client always sends a valid grant_type: a server that cannot
 		// find it did not read the JSON body.
 		return "the server may not read JSON bodies: try body_format=form"

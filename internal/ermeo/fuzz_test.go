@@ -415,7 +415,7 @@ func FuzzErrorResponse(f *testing.F) {
 		code, desc, isOAuth := wantRejection(body)
 
 		if re, ok := err.(*RejectedError); ok {
-			re.Hint = clients[form].hint(re)
+			re.Hint = clients[form].hint(re, clients[form].format)
 			checkErrorSafe(t, err, OutcomeRejected, body)
 			if !isOAuth {
 				t.Fatalf("a body without an OAuth error rejected as %q", re.Code)
