@@ -471,11 +471,8 @@ func grantError(field string, err error) error {
 // needed: if the answer is lost, only the token given is lost, and the error
 // says so. Called with the account's lock held.
 func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, refreshToken string) (*accountEntry, error) {
-	if !b.WriteSafeReplicationState() {
-		return nil, logical.ErrReadOnly
-	}
 	ctx = context.WithoutCancel(ctx)
-	client, err := b.client(r.cfg)
+	client, err := b.writerClient(r)
 	if err != nil {
 		return nil, err
 	}
@@ -502,6 +499,16 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 	return next, nil
 }
 
+// writerClient returns the Ermeo client for a grant that writes the
+// account: only on a node that may write, so that a performance standby or
+// secondary lets Vault forward the request before anything reaches Ermeo.
+func (b *backend) writerClient(r rotation) (*ermeo.Client, error) {
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
+	}
+	return b.client(r.cfg)
+}
+
 // metricLabel is the outcome's label in ermeo_refreshes_total.
 func (k outcomeKind) metricLabel() string {
 	switch k {
@@ -524,11 +531,8 @@ func (k outcomeKind) metricLabel() string {
 // password grant revokes nothing, so the unused pair is no loss). Called with
 // the account's lock held.
 func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, a *accountEntry, password string, keep bool) (*accountEntry, error) {
-	if !b.WriteSafeReplicationState() {
-		return nil, logical.ErrReadOnly
-	}
 	ctx = context.WithoutCancel(ctx)
-	client, err := b.client(r.cfg)
+	client, err := b.writerClient(r)
 	if err != nil {
 		return nil, err
 	}
