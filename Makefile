@@ -13,7 +13,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check clean FORCE
+.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
 
 all: build
 
@@ -110,6 +110,11 @@ fuzz:
 # every run. `make fuzz` is the open-ended search.
 fuzz-smoke:
 	go test -count=1 -run '$(FUZZ_RUN)' ./internal/ermeo/
+
+# Rewrites docs/api.md from the backend's schemas. The unit tests fail when
+# the committed file differs (TestAPIDocsAreUpToDate, in docs_test.go).
+docs:
+	ERMEO_UPDATE_DOCS=1 go test -count=1 -run '^TestAPIDocsAreUpToDate$$' .
 
 clean:
 	rm -rf $(BIN) .demo

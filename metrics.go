@@ -210,12 +210,12 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 	"chains_lost":                         {Type: framework.TypeMap, Description: "Chains found gone, by how."},
 	"chains_recovered":                    {Type: framework.TypeInt64, Description: "New chains started with a kept password."},
 	"password_grants":                     {Type: framework.TypeMap, Description: "Password grants (account writes, re-bootstraps) by outcome."},
-	"refresh_seconds_count":               {Type: framework.TypeInt64},
-	"refresh_seconds_sum":                 {Type: framework.TypeFloat},
+	"refresh_seconds_count":               {Type: framework.TypeInt64, Description: "How many refresh grants the latency histogram holds."},
+	"refresh_seconds_sum":                 {Type: framework.TypeFloat, Description: "Total time of those refresh grants, in seconds."},
 	"refresh_token_expires_in_seconds":    {Type: framework.TypeMap, Description: "Per account: seconds until its refresh token expires."},
-	"accounts_by_state":                   {Type: framework.TypeMap},
-	"refresh_seconds_bucket_upper_bounds": {Type: framework.TypeSlice},
-	"refresh_seconds_buckets":             {Type: framework.TypeSlice},
+	"accounts_by_state":                   {Type: framework.TypeMap, Description: "Accounts known to this node, by state (active, needs_reauth)."},
+	"refresh_seconds_bucket_upper_bounds": {Type: framework.TypeSlice, Description: "Upper bounds, in seconds, of the latency histogram's buckets."},
+	"refresh_seconds_buckets":             {Type: framework.TypeSlice, Description: "Cumulative count of refresh grants per bucket, in the order of refresh_seconds_bucket_upper_bounds."},
 }
 
 // prometheusFormat is the content type of the text exposition format.

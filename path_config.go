@@ -113,18 +113,18 @@ func pathConfig(b *backend) []*framework.Path {
 }
 
 var configResponseFields = map[string]*framework.FieldSchema{
-	"api_url":                 {Type: framework.TypeString, Required: true},
-	"client_id":               {Type: framework.TypeString, Required: true},
+	"api_url":                 {Type: framework.TypeString, Required: true, Description: "Base URL of the Ermeo API."},
+	"client_id":               {Type: framework.TypeString, Required: true, Description: "OAuth client id of the Ermeo integration."},
 	"client_secret_set":       {Type: framework.TypeBool, Required: true, Description: "Whether a client secret is stored (its value is never returned)."},
-	"body_format":             {Type: framework.TypeString, Required: true},
+	"body_format":             {Type: framework.TypeString, Required: true, Description: "How token requests are encoded: auto, json or form."},
 	"body_format_detected":    {Type: framework.TypeString, Required: true, Description: "With body_format auto: the format Ermeo was found to read (json or form), or empty before its first answer."},
-	"verify_accounts":         {Type: framework.TypeBool, Required: true},
-	"verify_connection":       {Type: framework.TypeBool, Required: true},
+	"verify_accounts":         {Type: framework.TypeBool, Required: true, Description: "Whether each new account's chain is checked with Ermeo's GET /api/v1/profile."},
+	"verify_connection":       {Type: framework.TypeBool, Required: true, Description: "Whether the client credentials are checked with Ermeo when config is written."},
 	"credentials_checked_at":  {Type: framework.TypeString, Required: true, Description: "When Ermeo last accepted the client credentials (RFC 3339), or empty if they were not checked."},
 	"ca_certificate":          {Type: framework.TypeString, Required: true, Description: "The CA bundle trusted for api_url (public certificates), or empty for the system's."},
-	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true},
-	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true},
-	"default_rotation_period": {Type: framework.TypeDurationSecond, Required: true},
+	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true, Description: "How long one call to Ermeo may take, in seconds."},
+	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true, Description: "Default for accounts' min_ttl, in seconds."},
+	"default_rotation_period": {Type: framework.TypeDurationSecond, Required: true, Description: "Default for accounts' rotation_period, in seconds."},
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {

@@ -150,7 +150,8 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return a, cfg, b.stateWarnings(a, mount, name), nil
 	}
 	if cfg == nil {
-		return b.serveStale(a, cfg, fmt.Errorf("cannot refresh: config is not written: run vault write %sconfig client_id=... client_secret=...", mount))
+		return b.serveStale(a, cfg, &statusError{code: http.StatusBadRequest,
+			msg: fmt.Sprintf("config: not written, so the token cannot be refreshed: run vault write %sconfig client_id=... client_secret=-", mount)})
 	}
 	next, err := b.rotateLocked(ctx, rotation{storage: s, cfg: cfg, mount: mount, name: name}, a)
 	if err != nil {
