@@ -232,10 +232,9 @@ func TestCachedReadMakesNoStorageCall(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configure()
 	e.createAccount("app", nil)
-	counting := &countingStorage{Storage: e.storage}
-	e.useStorage(counting)
+	counting := e.wrapStorage()
 	e.creds("app")
-	counting.gets.Store(0)
+	counting.resetCounts()
 	for i := 0; i < 100; i++ {
 		e.creds("app")
 	}
