@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +24,10 @@ const (
 	testMount        = "ermeo/"
 )
 
-// testClock is a clock that moves only when the test says so.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock {
-	return &testClock{now: time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
+// newTestClock returns the tests' clock (the fake's, shared by the fake and
+// the backend), at the tests' start time.
+func newTestClock() *fakeermeo.Clock {
+	return fakeermeo.NewClock(time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC))
 }
 
 // testEnv is a backend with in-memory storage, an injected clock, and a fake
@@ -56,7 +39,7 @@ type testEnv struct {
 	// view is what requests see: storage itself, or a wrapper of it.
 	view   logical.Storage
 	system *logical.StaticSystemView
-	clock  *testClock
+	clock  *fakeermeo.Clock
 	fake   *fakeermeo.Server
 	url    string
 	http   *http.Client
