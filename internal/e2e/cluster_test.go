@@ -198,11 +198,16 @@ func TestClusterCrashDuringRefresh(t *testing.T) {
 	if err != nil {
 		t.Errorf("rotate of kept (password kept) after the crash: %v", err)
 	}
+	// The request that finds Ermeo refusing the chain, and records
+	// needs_reauth, is a 502 (it changed something: a 400 must not); a later
+	// one is a 400, which this rotate is if Vault's periodic tick on the new
+	// active node resolved the interrupted refresh first. Either names the
+	// command to run.
 	_, err = c.Logical().Write(cl.Mount+"/accounts/plain/rotate", nil)
-	if statusOf(err) != 400 || !strings.Contains(err.Error(), "vault write "+cl.Mount+"/accounts/plain password=") {
-		t.Errorf("rotate of plain (no password) after the crash: want a 400 naming the command to run, got %v", err)
+	if code := statusOf(err); (code != 502 && code != 400) || !strings.Contains(err.Error(), "vault write "+cl.Mount+"/accounts/plain password=") {
+		t.Errorf("rotate of plain (no password) after the crash: want a 502 (or a 400, after a tick) naming the command to run, got %v", err)
 	} else {
-		t.Logf("plain after the crash: %s", firstError(err))
+		t.Logf("plain after the crash: %d %s", statusOf(err), firstError(err))
 	}
 	kept, err := c.Logical().Read(cl.Mount + "/accounts/kept")
 	if err != nil || kept == nil || kept.Data["state"] != "active" || kept.Data["rotation_in_flight"] != false {
