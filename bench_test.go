@@ -15,8 +15,8 @@ import (
 // -benchmem; the end-to-end figures are in internal/bench).
 
 func BenchmarkCredsCachedRead(b *testing.B) {
-	e := newTestEnv(&testing.T{}, fakeermeo.Options{})
-	benchSetup(b, e, 1)
+	e := newTestEnv(b, fakeermeo.Options{})
+	e.benchSetup(1)
 	req := &logical.Request{Operation: logical.ReadOperation, Path: "creds/a0", Storage: e.view, MountPoint: testMount}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -29,8 +29,8 @@ func BenchmarkCredsCachedRead(b *testing.B) {
 }
 
 func BenchmarkLoadAccountFromStorage(b *testing.B) {
-	e := newTestEnv(&testing.T{}, fakeermeo.Options{})
-	benchSetup(b, e, 1)
+	e := newTestEnv(b, fakeermeo.Options{})
+	e.benchSetup(1)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -43,8 +43,8 @@ func BenchmarkLoadAccountFromStorage(b *testing.B) {
 // BenchmarkPeriodicTick measures one periodic tick over 10,000 accounts, none
 // due (the common case: the schedule is in memory).
 func BenchmarkPeriodicTick10000Accounts(b *testing.B) {
-	e := newTestEnv(&testing.T{}, fakeermeo.Options{})
-	benchSetup(b, e, 10000)
+	e := newTestEnv(b, fakeermeo.Options{})
+	e.benchSetup(10000)
 	ctx := context.Background()
 	req := &logical.Request{Storage: e.view, MountPoint: testMount}
 	if err := e.b.periodic(ctx, req); err != nil { // loads the schedule
@@ -61,8 +61,8 @@ func BenchmarkPeriodicTick10000Accounts(b *testing.B) {
 // BenchmarkLoadSchedule10000Accounts measures building the keep-alive
 // schedule at start-up from 10,000 stored accounts (in-memory storage).
 func BenchmarkLoadSchedule10000Accounts(b *testing.B) {
-	e := newTestEnv(&testing.T{}, fakeermeo.Options{})
-	benchSetup(b, e, 10000)
+	e := newTestEnv(b, fakeermeo.Options{})
+	e.benchSetup(10000)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -74,19 +74,19 @@ func BenchmarkLoadSchedule10000Accounts(b *testing.B) {
 }
 
 // benchSetup writes config and n accounts straight to storage (no grant).
-func benchSetup(b *testing.B, e *testEnv, n int) {
-	b.Helper()
+func (e *testEnv) benchSetup(n int) {
+	e.t.Helper()
 	ctx := context.Background()
 	now := e.clock.Now()
 	if err := saveConfig(ctx, e.storage, &configEntry{APIURL: e.url, ClientID: testClientID, ClientSecret: testClientSecret,
 		BodyFormat: "json", RequestTimeout: defaultRequestTimeout, DefaultMinTTL: defaultMinTTL, DefaultRotationPeriod: defaultRotationPeriod}); err != nil {
-		b.Fatal(err)
+		e.t.Fatal(err)
 	}
 	for i := 0; i < n; i++ {
 		a := &accountEntry{Username: testUser, RefreshToken: fmt.Sprintf("%086d", i), RefreshTokenIssuedAt: now,
 			AccessToken: fmt.Sprintf("%086d", i+1), AccessTokenExpiresAt: now.Add(2 * time.Hour), Generation: 1, State: stateActive}
 		if err := saveAccount(ctx, e.storage, fmt.Sprintf("a%d", i), a); err != nil {
-			b.Fatal(err)
+			e.t.Fatal(err)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand"
 	"net/http"
@@ -33,55 +32,6 @@ import (
 //
 // ERMEO_CHAOS_SCHEDULES (default 500) and ERMEO_CHAOS_SEED set its size and
 // seed; `make chaos` runs a longer one.
-
-// crashableStorage fails every call once its process has "crashed", so that
-// a crashed backend's other goroutines can change nothing.
-type crashableStorage struct {
-	inner logical.Storage
-	dead  atomic.Bool
-	fail  atomic.Int32 // a storageFault for puts, while alive
-}
-
-var errDead = errors.New("plugin process is dead")
-
-func (c *crashableStorage) List(ctx context.Context, p string) ([]string, error) {
-	if c.dead.Load() {
-		return nil, errDead
-	}
-	return c.inner.List(ctx, p)
-}
-
-func (c *crashableStorage) Get(ctx context.Context, k string) (*logical.StorageEntry, error) {
-	if c.dead.Load() {
-		return nil, errDead
-	}
-	return c.inner.Get(ctx, k)
-}
-
-func (c *crashableStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if c.dead.Load() {
-		return errDead
-	}
-	intent := strings.Contains(string(e.Value), `"rotation_intent"`)
-	switch storageFault(c.fail.Load()) {
-	case storageIntentWriteFails:
-		if intent {
-			return errStorageFault
-		}
-	case storageFinalWriteFails:
-		if !intent && strings.HasPrefix(e.Key, accountPrefix) {
-			return errStorageFault
-		}
-	}
-	return c.inner.Put(ctx, e)
-}
-
-func (c *crashableStorage) Delete(ctx context.Context, k string) error {
-	if c.dead.Load() {
-		return errDead
-	}
-	return c.inner.Delete(ctx, k)
-}
 
 type chaosStats struct {
 	schedules, steps, reads, readsFailed     int
@@ -162,8 +112,7 @@ func TestChaosCampaign(t *testing.T) {
 func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 	st := chaosStats{schedules: 1}
 	e := newTestEnv(t, fakeermeo.Options{})
-	store := &crashableStorage{inner: e.storage}
-	e.useStorage(store)
+	store := e.wrapStorage()
 	e.configure()
 	names := []string{"a", "b"}[:1+rng.Intn(2)]
 	kept := map[string]bool{}
@@ -175,8 +124,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 
 	restart := func() {
 		st.pairsLostInMemory += e.b.store.unsavedCount()
-		store = &crashableStorage{inner: e.storage}
-		e.useStorage(store)
+		store = e.wrapStorage() // the dead process's storage stays dead
 		e.restart()
 		e.b.httpClient = e.http
 	}
@@ -195,7 +143,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 			e.fake.InjectFault(ff)
 		}
 		if rng.Intn(6) == 0 {
-			store.fail.Store(int32(1 + rng.Intn(2)))
+			store.failPuts(storageFault(1 + rng.Intn(2)).fails)
 		}
 		var fired atomic.Bool
 		if rng.Intn(6) == 0 {
@@ -203,7 +151,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 			s := store
 			e.b.crashHook = func(p crashPoint) bool {
 				if p == point && fired.CompareAndSwap(false, true) {
-					s.dead.Store(true)
+					s.die()
 					return true
 				}
 				return false
@@ -269,7 +217,7 @@ func runChaosSchedule(t *testing.T, rng *rand.Rand) chaosStats {
 			st.crashes++
 			restart()
 		}
-		store.fail.Store(0)
+		store.failPuts(nil)
 		e.b.crashHook = nil
 		e.b.httpClient = e.http
 		e.fake.ClearFaults()

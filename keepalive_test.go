@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,22 +113,6 @@ func TestPeriodicSkipsNeedsReauthAccounts(t *testing.T) {
 	}
 }
 
-// countingStorage counts the storage calls a backend makes.
-type countingStorage struct {
-	logical.Storage
-	gets, lists atomic.Int64
-}
-
-func (c *countingStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	c.gets.Add(1)
-	return c.Storage.Get(ctx, key)
-}
-
-func (c *countingStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	c.lists.Add(1)
-	return c.Storage.List(ctx, prefix)
-}
-
 func TestATickReadsOnlyTheAccountsThatAreDue(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configure()
@@ -137,15 +120,14 @@ func TestATickReadsOnlyTheAccountsThatAreDue(t *testing.T) {
 	for i := 0; i < accounts; i++ {
 		e.createAccount(fmt.Sprintf("a%03d", i), nil)
 	}
-	counting := &countingStorage{Storage: e.storage}
+	counting := newTestStorage(e.storage)
 	req := &logical.Request{Storage: counting, MountPoint: testMount}
 	// The first tick loads the schedule: one list, one read per account.
 	if err := e.b.periodic(t.Context(), req); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("first tick (loads the schedule): %d gets, %d lists", counting.gets.Load(), counting.lists.Load())
-	counting.gets.Store(0)
-	counting.lists.Store(0)
+	counting.resetCounts()
 	for i := 0; i < 10; i++ {
 		e.clock.Advance(time.Minute)
 		if err := e.b.periodic(t.Context(), req); err != nil {

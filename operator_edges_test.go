@@ -19,7 +19,7 @@ import (
 // here failed before its fix (issue 11's defects 1 to 8).
 
 // snapshot returns every storage key and its bytes.
-func snapshot(t *testing.T, s logical.Storage) map[string]string {
+func snapshot(t testing.TB, s logical.Storage) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	var walk func(prefix string)
@@ -45,7 +45,7 @@ func snapshot(t *testing.T, s logical.Storage) map[string]string {
 }
 
 // assertSameStorage fails unless storage holds exactly what before held.
-func assertSameStorage(t *testing.T, what string, before, after map[string]string) {
+func assertSameStorage(t testing.TB, what string, before, after map[string]string) {
 	t.Helper()
 	var diffs []string
 	for k, v := range before {

@@ -1,9 +1,6 @@
 package ermeosecrets
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -16,31 +13,6 @@ import (
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
-
-// faultyStorage fails the puts that a test chooses, on top of InmemStorage.
-type faultyStorage struct {
-	*logical.InmemStorage
-	mu   sync.Mutex
-	fail func(key string, value []byte) bool
-}
-
-var errStorageFault = errors.New("injected storage fault")
-
-func (f *faultyStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	f.mu.Lock()
-	fail := f.fail
-	f.mu.Unlock()
-	if fail != nil && fail(e.Key, e.Value) {
-		return errStorageFault
-	}
-	return f.InmemStorage.Put(ctx, e)
-}
-
-func (f *faultyStorage) setFail(fn func(key string, value []byte) bool) {
-	f.mu.Lock()
-	f.fail = fn
-	f.mu.Unlock()
-}
 
 type upstreamFault struct {
 	name      string
@@ -85,6 +57,18 @@ func (s storageFault) String() string {
 	return [...]string{"storage ok", "intent write fails", "new pair's write fails"}[s]
 }
 
+// fails reports whether the fault makes write w fail: the write of an
+// account's entry with its intent record, or the one without (the new pair).
+func (s storageFault) fails(w storageWrite) bool {
+	switch s {
+	case storageIntentWriteFails:
+		return w.intentWrite()
+	case storageFinalWriteFails:
+		return w.pairWrite()
+	}
+	return false
+}
+
 // matrixCase is one cell of the fault matrix.
 type matrixCase struct {
 	crash    crashPoint
@@ -109,8 +93,7 @@ func (c matrixCase) expectChainLost() bool {
 // "needs_reauth".
 func runMatrixCase(t *testing.T, c matrixCase) string {
 	e := newTestEnv(t, fakeermeo.Options{})
-	faulty := &faultyStorage{InmemStorage: e.storage}
-	e.useStorage(faulty)
+	faulty := e.wrapStorage()
 	e.configure()
 	e.createAccount("app", map[string]any{"store_password": c.kept})
 	first := e.creds("app").Data["access_token"].(string)
@@ -124,15 +107,8 @@ func runMatrixCase(t *testing.T, c matrixCase) string {
 		f.Grant, f.Times = "refresh_token", 1
 		e.fake.InjectFault(f)
 	}
-	switch c.storage {
-	case storageIntentWriteFails:
-		faulty.setFail(func(key string, v []byte) bool {
-			return key == accountKey("app") && bytes.Contains(v, []byte(`"rotation_intent"`))
-		})
-	case storageFinalWriteFails:
-		faulty.setFail(func(key string, v []byte) bool {
-			return key == accountKey("app") && !bytes.Contains(v, []byte(`"rotation_intent"`))
-		})
+	if c.storage != storageOK {
+		faulty.failPuts(func(w storageWrite) bool { return w.account == "app" && c.storage.fails(w) })
 	}
 	fired := false
 	if c.crash != 0 {
@@ -157,7 +133,7 @@ func runMatrixCase(t *testing.T, c matrixCase) string {
 
 	// Phase 2: the faults are gone; readers keep coming until the account
 	// settles (usable, or needs_reauth with the command to run).
-	faulty.setFail(nil)
+	faulty.failPuts(nil)
 	e.fake.ClearFaults()
 	e.b.httpClient = e.http
 	e.b.crashHook = nil

@@ -74,7 +74,7 @@ func sum(m map[string]int) int {
 	return n
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
@@ -114,7 +114,8 @@ func TestFailedIntentWriteSendsNothing(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configure()
 	e.createAccount("app", nil)
-	e.storage.FailPut(true)
+	storage := e.wrapStorage()
+	storage.failPuts(everyPut)
 	before := e.fake.Counters().Requests
 	_, err := e.request(logical.UpdateOperation, "accounts/app/rotate", nil)
 	if err == nil || !strings.Contains(err.Error(), "nothing was sent") {
@@ -123,7 +124,7 @@ func TestFailedIntentWriteSendsNothing(t *testing.T) {
 	if e.fake.Counters().Requests != before {
 		t.Errorf("a refresh was sent without its intent record")
 	}
-	e.storage.FailPut(false)
+	storage.failPuts(nil)
 	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
 	e.assertNoTokenUsedTwice()
 }
@@ -132,6 +133,7 @@ func TestFailedWriteAfterRefreshKeepsThePairAndServesIt(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configureUnchecked()
 	e.createAccount("app", nil)
+	storage := e.wrapStorage()
 	e.clock.Advance(2 * time.Hour)
 	e.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultHold, Grant: "refresh_token", Times: 1})
 	result := make(chan *logical.Response, 1)
@@ -140,7 +142,7 @@ func TestFailedWriteAfterRefreshKeepsThePairAndServesIt(t *testing.T) {
 		result <- resp
 	}()
 	waitFor(t, func() bool { return e.fake.Held() == 1 })
-	e.storage.FailPut(true) // the intent is written; the new pair's write fails
+	storage.failPuts(everyPut) // the intent is written; the new pair's write fails
 	e.fake.ReleaseHeld()
 	resp := <-result
 	if resp == nil || resp.IsError() {
@@ -159,7 +161,7 @@ func TestFailedWriteAfterRefreshKeepsThePairAndServesIt(t *testing.T) {
 		t.Errorf("second read: another token")
 	}
 	// Storage comes back: the next locked access writes the pair.
-	e.storage.FailPut(false)
+	storage.failPuts(nil)
 	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
 	a := e.stored("app")
 	if a.Generation != 3 {

@@ -1,8 +1,8 @@
 // Package bench measures the Ermeo plugin inside a real Vault server against
 // a null plugin (internal/bench/nullplugin) and the built-in KV v2 engine.
 // cmd/bench runs the measurements and prints one table; this package holds
-// the load generator, the percentiles, what is read from /proc and from
-// Vault's metrics, and the table.
+// the load generator, the percentiles, what is read from Vault's metrics, and
+// the table. What is read from /proc is read by internal/e2e (proc.go).
 package bench
 
 import (

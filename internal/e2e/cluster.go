@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -724,22 +723,11 @@ func killPluginProcess(pid int) {
 	}
 }
 
+// isPluginProcess reports whether pid is a running process named like the
+// plugin (a zombie is not running: it is dead, waiting for its new parent).
 func isPluginProcess(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	lp, rp := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if lp < 0 || rp < lp {
-		return false
-	}
-	fields := strings.Fields(s[rp+1:])
-	if len(fields) > 0 && fields[0] == "Z" {
-		return false // a zombie: already dead, waiting for its new parent
-	}
-	comm := s[lp+1 : rp]
-	return comm != "" && strings.HasPrefix(PluginName, comm)
+	p, err := ReadProcess(pid)
+	return err == nil && p.State != "Z" && p.namedLikePlugin()
 }
 
 // Orphans returns the plugin processes left behind by Kill that are still

@@ -184,12 +184,12 @@ func (e *env) configure() {
 	})
 }
 
-// The fake's defaults, from ermeo-vectors.json.
+// The fake's default client and user.
 const (
-	testClientID     = "5_2och3ahuji2owccg8004cwkk8woc8gcggsk0c0scc0s8og4swk"
-	testClientSecret = "4ok2x70rlfokc8g0wws8c8kwcokw80k44sg48goc0ok4w0so0k"
-	testUser         = "jane@example.com"
-	testPassword     = "correct-horse"
+	testClientID     = fakeermeo.DefaultClientID
+	testClientSecret = fakeermeo.DefaultClientSecret
+	testUser         = fakeermeo.DefaultUsername
+	testPassword     = fakeermeo.DefaultPassword
 )
 
 // statusOf returns the HTTP status of a Vault API error, or 0.

@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -312,33 +311,14 @@ func (v *Vault) RegisterAndMount(ctx context.Context, sha, version, path string)
 // PluginPids returns the pids of the running plugin processes whose parent
 // is this vault server.
 func (v *Vault) PluginPids() ([]int, error) {
-	entries, err := os.ReadDir("/proc")
+	children, err := ChildProcesses(v.Pid())
 	if err != nil {
 		return nil, err
 	}
 	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(stat[i+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		comm := string(stat[bytes.IndexByte(stat, '(')+1 : i])
-		if ppid == v.Pid() && strings.HasPrefix(PluginName, comm) {
-			pids = append(pids, pid)
+	for _, p := range children {
+		if p.namedLikePlugin() {
+			pids = append(pids, p.Pid)
 		}
 	}
 	return pids, nil

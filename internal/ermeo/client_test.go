@@ -15,14 +15,18 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
-// Secrets used by the tests: no error string may contain any of them.
+// Secrets used by the tests: no error string may contain any of them. The
+// client and the user are the fake Ermeo's defaults (fakeermeo imports
+// nothing of this package, so its tests may import it).
 const (
-	testClientID     = "5_2och3ahuji2owccg8004cwkk8woc8gcggsk0c0scc0s8og4swk"
-	testClientSecret = "client-secret-4ok2x70rlfokc8g0wws8c8k"
-	testUsername     = "jane@example.com"
-	testPassword     = "password-correct-horse-battery"
+	testClientID     = fakeermeo.DefaultClientID
+	testClientSecret = fakeermeo.DefaultClientSecret
+	testUsername     = fakeermeo.DefaultUsername
+	testPassword     = fakeermeo.DefaultPassword
 	testRefresh      = "refresh-NDE0MmNmZTQxNWEyYTIzMzgwNGQ5NTgx"
 	testAccess       = "access-NzlkNTA5MGVhNDA1YjhmMDdjNTA5OWY0"
 	testNewRefresh   = "refresh-new-MmNmZTQxNWEyYTIzMzgwNGQ5NT"

@@ -20,33 +20,15 @@ import (
 
 const vectorsPath = "../../../shared/ermeo-vectors.json"
 
-// fakeClock is an injected clock that only moves when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type fixture struct {
 	s     *Server
 	ts    *httptest.Server
-	clock *fakeClock
+	clock *Clock
 }
 
 func newFixture(t *testing.T, opts Options) *fixture {
 	t.Helper()
-	clock := &fakeClock{t: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	clock := NewClock(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
 	if opts.Now == nil {
 		opts.Now = clock.Now
 	}

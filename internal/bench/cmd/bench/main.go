@@ -91,8 +91,8 @@ type env struct {
 
 func run(ctx context.Context) error {
 	e := &env{started: time.Now()}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		e.load = strings.Join(strings.Fields(string(b))[:3], " ")
+	if load, err := e2e.LoadAverage(); err == nil {
+		e.load = load
 	}
 	vaultBin, err := findVault(ctx)
 	if err != nil {
@@ -171,10 +171,10 @@ func findVault(ctx context.Context) (string, error) {
 // stopVault stops the vault server and then any plugin process it started
 // that outlived it (by pid, only if its executable is in our plugin dir).
 func (e *env) stopVault() {
-	pids := bench.ChildrenIn(e.v.Pid(), e.pluginDir)
+	pids := e2e.ChildrenIn(e.v.Pid(), e.pluginDir)
 	e.v.Stop()
 	for _, pid := range pids {
-		if bench.InDir(pid, e.pluginDir) {
+		if e2e.InDir(pid, e.pluginDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

@@ -420,8 +420,8 @@ func cpuMs(d time.Duration) string {
 // pidOf returns the pid of the running plugin process of our plugin
 // directory whose executable is named name, or 0.
 func (e *env) pidOf(name string) int {
-	for _, pid := range bench.ChildrenIn(e.v.Pid(), e.pluginDir) {
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && filepath.Base(exe) == name {
+	for _, pid := range e2e.ChildrenIn(e.v.Pid(), e.pluginDir) {
+		if exe, err := e2e.ProcessExe(pid); err == nil && filepath.Base(exe) == name {
 			return pid
 		}
 	}
@@ -433,8 +433,8 @@ func cpuTime(pid int) time.Duration {
 	if pid == 0 {
 		return 0
 	}
-	d, _ := bench.CPUTime(pid)
-	return d
+	p, _ := e2e.ReadProcess(pid)
+	return p.CPU
 }
 
 // perOp formats the CPU time per operation in microseconds, "-" for none.
@@ -453,7 +453,7 @@ func (e *env) pluginRSS() (int64, error) {
 	}
 	var sum int64
 	for _, pid := range pids {
-		rss, err := bench.RSS(pid)
+		rss, err := e2e.ProcessRSS(pid)
 		if err != nil {
 			return 0, err
 		}
@@ -523,11 +523,11 @@ func (e *env) tickCPU(ctx context.Context, window time.Duration) (idleWindow, er
 		if err != nil {
 			return w, err
 		}
-		cpu, err := bench.CPUTime(pids[0])
+		p, err := e2e.ReadProcess(pids[0])
 		if err != nil {
 			return w, fmt.Errorf("the plugin process went away during the window: %w", err)
 		}
-		s = append(s, sample{at: time.Now(), cpu: cpu, attempts: m["vault_rollback_attempt_count"]})
+		s = append(s, sample{at: time.Now(), cpu: p.CPU, attempts: m["vault_rollback_attempt_count"]})
 		if err := sleep(ctx, tickSample); err != nil {
 			return w, err
 		}
