@@ -34,8 +34,9 @@ Configuration, from the environment:
 Exit status: 0 if every profile call was accepted, 1 if one was not (or
 failed), 2 for bad configuration or a first login or read that failed.
 
-Works with hvac 0.11 (Debian 12's python3-hvac) and later: it uses only
-hvac.Client(url=, token=, timeout=), client.auth.approle.login and client.read.
+Tested with hvac 0.11.2 (Debian 12's python3-hvac). It uses only
+hvac.Client(url=, token=, timeout=), client.auth.approle.login and client.read,
+which hvac 1 and 2 keep.
 """
 
 import datetime
