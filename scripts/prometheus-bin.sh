@@ -84,8 +84,12 @@ trap 'rm -rf "$tmp"' EXIT
   # Both in one build: they share most packages. The server has no web UI
   # assets this way (they come from npm), which neither the tests nor the
   # HTTP API need.
+  # The version they report: module v0.3XX.Y is 3.XX.Y, v0.XX.Y is 2.XX.Y.
+  v="${PROMETHEUS_BUILD_VERSION#v0.}"; n="${v%%.*}"
+  if [ "$n" -ge 300 ]; then v="$((n / 100)).$((n % 100)).${v#*.}"; else v="2.$v"; fi
+  pv=github.com/prometheus/common/version
   mkdir out
-  go build -ldflags "-s -w" -o out/ \
+  go build -ldflags "-s -w -X $pv.Version=$v -X $pv.Revision=$PROMETHEUS_BUILD_VERSION -X $pv.Branch=go-module" -o out/ \
     github.com/prometheus/prometheus/cmd/prometheus \
     github.com/prometheus/prometheus/cmd/promtool >&2
 )
