@@ -13,7 +13,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo cluster bench test unit e2e chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
+.PHONY: all build vault demo cluster bench test unit e2e alerts-test chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
 
 all: build
 
@@ -58,7 +58,7 @@ fmt-check:
 # Every test: unit tests with the race detector, then the e2e tests, which
 # start a real vault server (obtained by scripts/vault-bin.sh) with the plugin
 # and print the Vault version and their figures (hence -v).
-test: fmt-check vet unit chaos-short fuzz-smoke e2e
+test: fmt-check vet alerts-test unit chaos-short fuzz-smoke e2e
 
 # The two campaigns run in their own step (chaos-short), with their tables.
 CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign)$$
@@ -115,6 +115,15 @@ fuzz-smoke:
 # the committed file differs (TestAPIDocsAreUpToDate, in docs_test.go).
 docs:
 	ERMEO_UPDATE_DOCS=1 go test -count=1 -run '^TestAPIDocsAreUpToDate$$' .
+
+# The example alert rules (examples/prometheus/ermeo-alerts.yml): promtool
+# checks them and runs their unit tests (ermeo-alerts.test.yml), a firing and
+# a quiet case for every rule. promtool is the one scripts/promtool-bin.sh
+# finds or obtains (PATH, Debian's prometheus package, or built once); one it
+# cannot obtain fails the target.
+alerts-test:
+	promtool="$$(scripts/promtool-bin.sh)" && echo "promtool: $$promtool" && cd examples/prometheus && \
+	"$$promtool" check rules ermeo-alerts.yml && "$$promtool" test rules ermeo-alerts.test.yml
 
 clean:
 	rm -rf $(BIN) .demo

@@ -42,6 +42,8 @@ const (
 	metricChainsRecovered = "ermeo_chains_recovered_total"
 	metricRefreshDuration = "ermeo_refresh_duration_seconds"
 	metricExpiresIn       = "ermeo_refresh_token_expires_in_seconds"
+	metricLastRotation    = "ermeo_last_rotation_timestamp_seconds"
+	metricRotationPeriod  = "ermeo_rotation_period_seconds"
 	metricAccounts        = "ermeo_accounts"
 )
 
@@ -129,6 +131,13 @@ func (m *metrics) chainRecovered() {
 var (
 	expiresInDesc = prometheus.NewDesc(metricExpiresIn,
 		"Seconds until each account's refresh token expires.", []string{"account"}, nil)
+	// The last successful grant of each account, and how long its chain may
+	// idle before the keep-alive rotates it: together, an alert on a chain
+	// that is not being kept alive (time() - last > period).
+	lastRotationDesc = prometheus.NewDesc(metricLastRotation,
+		"Unix time of each account's last successful grant (refresh or password).", []string{"account"}, nil)
+	rotationPeriodDesc = prometheus.NewDesc(metricRotationPeriod,
+		"Each account's rotation period, in seconds; none for an account in needs_reauth, which the keep-alive does not rotate.", []string{"account"}, nil)
 	accountsDesc = prometheus.NewDesc(metricAccounts,
 		"Accounts known to this node, by state.", []string{"state"}, nil)
 )
@@ -142,6 +151,8 @@ type accountsCollector struct {
 
 func (c *accountsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expiresInDesc
+	ch <- lastRotationDesc
+	ch <- rotationPeriodDesc
 	ch <- accountsDesc
 }
 
@@ -151,6 +162,7 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	now := b.now()
+	cfg := b.cachedConfig()
 	byState := map[string]int{}
 	b.store.each(func(name string, a *accountEntry) {
 		byState[a.State]++
@@ -158,6 +170,12 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 			// Whole seconds, as the JSON format has always given them.
 			left := int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
 			ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, float64(left), name)
+		}
+		if !a.LastRotation.IsZero() {
+			ch <- prometheus.MustNewConstMetric(lastRotationDesc, prometheus.GaugeValue, float64(a.LastRotation.Unix()), name)
+		}
+		if a.State != stateNeedsReauth {
+			ch <- prometheus.MustNewConstMetric(rotationPeriodDesc, prometheus.GaugeValue, effectiveRotationPeriod(a, cfg).Seconds(), name)
 		}
 	})
 	for state, n := range byState {
@@ -213,6 +231,8 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 	"refresh_seconds_count":               {Type: framework.TypeInt64, Description: "How many refresh grants the latency histogram holds."},
 	"refresh_seconds_sum":                 {Type: framework.TypeFloat, Description: "Total time of those refresh grants, in seconds."},
 	"refresh_token_expires_in_seconds":    {Type: framework.TypeMap, Description: "Per account: seconds until its refresh token expires."},
+	"last_rotation_timestamp_seconds":     {Type: framework.TypeMap, Description: "Per account: Unix time of its last successful grant."},
+	"rotation_period_seconds":             {Type: framework.TypeMap, Description: "Per account not in needs_reauth: its rotation period in seconds."},
 	"accounts_by_state":                   {Type: framework.TypeMap, Description: "Accounts known to this node, by state (active, needs_reauth)."},
 	"refresh_seconds_bucket_upper_bounds": {Type: framework.TypeSlice, Description: "Upper bounds, in seconds, of the latency histogram's buckets."},
 	"refresh_seconds_buckets":             {Type: framework.TypeSlice, Description: "Cumulative count of refresh grants per bucket, in the order of refresh_seconds_bucket_upper_bounds."},
@@ -263,6 +283,8 @@ func metricsJSON(families []*dto.MetricFamily) map[string]any {
 		"refresh_seconds_bucket_upper_bounds": []any{},
 		"refresh_seconds_buckets":             []any{},
 		"refresh_token_expires_in_seconds":    map[string]any{},
+		"last_rotation_timestamp_seconds":     map[string]any{},
+		"rotation_period_seconds":             map[string]any{},
 		"accounts_by_state":                   map[string]any{},
 	}
 	fields := map[string]string{
@@ -270,6 +292,8 @@ func metricsJSON(families []*dto.MetricFamily) map[string]any {
 		metricChainsLost:     "chains_lost",
 		metricPasswordGrants: "password_grants",
 		metricExpiresIn:      "refresh_token_expires_in_seconds",
+		metricLastRotation:   "last_rotation_timestamp_seconds",
+		metricRotationPeriod: "rotation_period_seconds",
 		metricAccounts:       "accounts_by_state",
 	}
 	for _, f := range families {
@@ -329,7 +353,12 @@ password. ermeo_password_grants_total{outcome}: password grants (account
 writes, re-bootstraps) by outcome (success, rejected, unknown). Every series
 exists from the start, at zero. ermeo_refresh_duration_seconds: histogram of refresh grants.
 ermeo_refresh_token_expires_in_seconds{account}: seconds until each account's
-refresh token expires (alert well before 0). ermeo_accounts{state}.
+refresh token expires (alert well before 0).
+ermeo_last_rotation_timestamp_seconds{account}: Unix time of each account's
+last successful grant. ermeo_rotation_period_seconds{account}: each account's
+rotation period (none in needs_reauth); time() minus the first above the
+second means the keep-alive is not keeping that chain alive.
+ermeo_accounts{state}.
 
 Counters start at zero when the plugin process starts. Events are also sent on
 Vault's event bus: ermeo/chain-rotated, ermeo/rotation-failed, ermeo/chain-lost.

@@ -168,12 +168,15 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 		metricChainsRecovered: {dto.MetricType_COUNTER, "New chains started with a kept password.", nil},
 		metricRefreshDuration: {dto.MetricType_HISTOGRAM, "Time of one refresh grant.", nil},
 		metricExpiresIn:       {dto.MetricType_GAUGE, "Seconds until each account's refresh token expires.", []string{"app", "kept"}},
+		metricLastRotation:    {dto.MetricType_GAUGE, "Unix time of each account's last successful grant (refresh or password).", []string{"app", "kept"}},
+		metricRotationPeriod:  {dto.MetricType_GAUGE, "Each account's rotation period, in seconds; none for an account in needs_reauth, which the keep-alive does not rotate.", []string{"app", "kept"}},
 		metricAccounts:        {dto.MetricType_GAUGE, "Accounts known to this node, by state.", []string{"active"}},
 	}
 	if got := slices.Sorted(maps.Keys(families)); !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
 		t.Errorf("families %v, want %v", got, slices.Sorted(maps.Keys(want)))
 	}
-	labelName := map[string]string{metricRefreshes: "outcome", metricPasswordGrants: "outcome", metricChainsLost: "how", metricExpiresIn: "account", metricAccounts: "state"}
+	labelName := map[string]string{metricRefreshes: "outcome", metricPasswordGrants: "outcome", metricChainsLost: "how", metricExpiresIn: "account",
+		metricLastRotation: "account", metricRotationPeriod: "account", metricAccounts: "state"}
 	for name, w := range want {
 		f := families[name]
 		if f == nil {
@@ -223,7 +226,8 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 
 	// The JSON format, from the same registry, says the same.
 	data := e.must(logical.ReadOperation, "metrics", nil).Data
-	jsonMaps := map[string]string{metricRefreshes: "refreshes", metricPasswordGrants: "password_grants", metricChainsLost: "chains_lost", metricExpiresIn: "refresh_token_expires_in_seconds", metricAccounts: "accounts_by_state"}
+	jsonMaps := map[string]string{metricRefreshes: "refreshes", metricPasswordGrants: "password_grants", metricChainsLost: "chains_lost", metricExpiresIn: "refresh_token_expires_in_seconds",
+		metricLastRotation: "last_rotation_timestamp_seconds", metricRotationPeriod: "rotation_period_seconds", metricAccounts: "accounts_by_state"}
 	for name, field := range jsonMaps {
 		m := data[field].(map[string]any)
 		if len(m) != len(families[name].GetMetric()) {
@@ -246,6 +250,59 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 		if jbounds[i] != b.GetUpperBound() || jbuckets[i] != int64(b.GetCumulativeCount()) {
 			t.Errorf("bucket %d: JSON %v %v, text %v %d", i, jbounds[i], jbuckets[i], b.GetUpperBound(), b.GetCumulativeCount())
 		}
+	}
+}
+
+// TestRotationGauges: each account's last successful grant and its rotation
+// period, computed at each scrape from the entry and the cached config; an
+// account in needs_reauth keeps its last grant and has no period (the
+// keep-alive does not rotate it), so an alert on time() - last > period
+// leaves it to the needs_reauth alert.
+func TestRotationGauges(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	config := map[string]any{"api_url": e.url, "client_id": testClientID, "client_secret": testClientSecret, "default_rotation_period": "72h"}
+	e.must(logical.UpdateOperation, "config", config)
+	t0 := e.clock.Now()
+	e.createAccount("app", map[string]any{"rotation_period": "24h"})
+	e.createAccount("idle", nil)
+	e.createAccount("lost", nil)
+	e.clock.Advance(time.Hour)
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	e.spendChainBehindThePluginsBack("lost")
+	if _, err := e.request(logical.UpdateOperation, "accounts/lost/rotate", nil); err == nil {
+		t.Fatal("rotating a spent chain without a kept password succeeded")
+	}
+	if a := e.stored("lost"); a.State != stateNeedsReauth {
+		t.Fatalf("lost: state %s", a.State)
+	}
+
+	check := func(family string, want map[string]float64) {
+		t.Helper()
+		families, _ := readPrometheus(t, e)
+		got := map[string]float64{}
+		for _, m := range families[family].GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("%s: %v, want %v", family, got, want)
+		}
+	}
+	start, rotated := float64(t0.Unix()), float64(t0.Add(time.Hour).Unix())
+	check(metricLastRotation, map[string]float64{"app": rotated, "idle": start, "lost": start})
+	check(metricRotationPeriod, map[string]float64{"app": 86400, "idle": 72 * 3600})
+
+	// A new default reaches the accounts without one of their own at the
+	// next scrape; nothing is stored per account.
+	config["default_rotation_period"] = "48h"
+	e.must(logical.UpdateOperation, "config", config)
+	check(metricRotationPeriod, map[string]float64{"app": 86400, "idle": 48 * 3600})
+
+	data := e.must(logical.ReadOperation, "metrics", nil).Data
+	if got := data["last_rotation_timestamp_seconds"].(map[string]any); !maps.Equal(got, map[string]any{"app": int64(rotated), "idle": int64(start), "lost": int64(start)}) {
+		t.Errorf("JSON last rotation %v", got)
+	}
+	if got := data["rotation_period_seconds"].(map[string]any); !maps.Equal(got, map[string]any{"app": int64(86400), "idle": int64(48 * 3600)}) {
+		t.Errorf("JSON rotation period %v", got)
 	}
 }
 
