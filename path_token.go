@@ -2,6 +2,7 @@ package ermeosecrets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -26,7 +27,7 @@ func pathCreds(b *backend) []*framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:  withAccountName(b.pathCredsRead),
-				Summary:   "An access token of the account with at least min_ttl of life left, under a non-renewable lease that ends before the token does.",
+				Summary:   "An access token of the account with at least min_ttl of life left, under a lease that ends min_ttl before the token does (renewable up to that end, never past).",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: credsResponseFields}}},
 			},
 		},
@@ -48,12 +49,73 @@ func secretAccessToken(b *backend) *framework.Secret {
 	return &framework.Secret{
 		Type:   secretAccessTokenType,
 		Fields: credsResponseFields,
+		Renew: b.renewAccessToken,
 		// Ermeo has no revocation endpoint: revoking the lease does nothing
 		// upstream, and the token stays valid until it expires.
 		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
 			return nil, nil
 		},
 	}
+}
+
+// renewAccessToken extends a creds lease up to the token's usable end
+// (min_ttl before Ermeo stops accepting it) and never past: that is what
+// lets Vault Proxy cache a creds response and serve it while it renews the
+// lease, and what makes Vault Agent and Proxy read again in time for the
+// next token. The renewal fails once the account's chain has moved on (the
+// token was replaced: read creds again for the new one) or the token is at
+// its usable end (the next read refreshes it).
+func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	name, _ := req.Secret.InternalData["account"].(string)
+	generation, ok := internalUint(req.Secret.InternalData["generation"])
+	if validateAccountName(name) != nil || !ok {
+		return logical.ErrorResponse("this lease does not name an account of this engine: read creds/<name> again"), nil
+	}
+	a, err := b.store.get(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if a == nil {
+		return logical.ErrorResponse("account %q no longer exists: its access token cannot be renewed", name), nil
+	}
+	if a.Generation != generation || a.NoLease {
+		return logical.ErrorResponse("the access token of this lease was replaced (generation %d, now %d): read %screds/%s again for the current one", generation, a.Generation, req.MountPoint, name), nil
+	}
+	cfg, err := b.loadConfigCached(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	usableEnd := a.AccessTokenExpiresAt.Add(-effectiveMinTTL(a, cfg))
+	left := usableEnd.Sub(b.now()).Truncate(time.Second)
+	if left < time.Second {
+		return logical.ErrorResponse("the access token of this lease has less than min_ttl left and is not renewed: read %screds/%s again for the next one", req.MountPoint, name), nil
+	}
+	resp := &logical.Response{Secret: req.Secret}
+	resp.Secret.TTL = left
+	resp.Secret.MaxTTL = usableEnd.Sub(req.Secret.IssueTime).Truncate(time.Second)
+	resp.Secret.Renewable = true
+	resp.AddWarning(fmt.Sprintf("renewed up to the token's usable end, %s (min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
+		formatTime(usableEnd), req.MountPoint, name))
+	return resp, nil
+}
+
+// internalUint reads a number from a lease's internal data, which comes back
+// from Vault's storage as a JSON number.
+func internalUint(v any) (uint64, bool) {
+	switch n := v.(type) {
+	case uint64:
+		return n, true
+	case int:
+		return uint64(n), n >= 0
+	case int64:
+		return uint64(n), n >= 0
+	case float64:
+		return uint64(n), n >= 0
+	case json.Number:
+		i, err := n.Int64()
+		return uint64(i), err == nil && i >= 0
+	}
+	return 0, false
 }
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *framework.FieldData, name string) (*logical.Response, error) {
@@ -85,9 +147,11 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		resp = &logical.Response{Data: data}
 	} else {
 		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})
+		// Renewable up to the same end (see renewAccessToken), so that
+		// Vault Proxy caches it; never past it.
 		resp.Secret.TTL = ttl
-		resp.Secret.MaxTTL = remaining
-		resp.Secret.Renewable = false
+		resp.Secret.MaxTTL = ttl
+		resp.Secret.Renewable = true
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
@@ -217,8 +281,12 @@ A token with at least the account's min_ttl of life left is returned as it is,
 without calling Ermeo. Otherwise the account's refresh chain is rotated first,
 under the account's lock: many readers at once cause one refresh.
 
-The token comes with a non-renewable lease that ends min_ttl before the token
-expires, so that Vault Agent reads again in time for a fresh token. Revoking
+The token comes with a lease that ends min_ttl before the token expires (its
+usable end), so that Vault Agent reads again in time for a fresh token. The
+lease is renewable up to that end and never past it, which lets Vault Proxy
+cache the answer and serve it while it renews the lease; a renewal fails once
+the token is replaced or at its usable end, and the next read gets the next
+token. Revoking
 the lease does nothing at Ermeo (Ermeo has no revocation): the token stays
 valid until it expires. For an account written with lease=false there is no
 lease; a ttl field says when to read again, as with Vault's static credentials.

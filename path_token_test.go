@@ -1,6 +1,7 @@
 package ermeosecrets
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -43,11 +44,11 @@ func TestCredsResponseAndLease(t *testing.T) {
 		t.Errorf("expires_at = %v", resp.Data["expires_at"])
 	}
 	s := resp.Secret
-	if s == nil || s.Renewable {
-		t.Fatalf("want a non-renewable lease, got %+v", s)
+	if s == nil || !s.Renewable {
+		t.Fatalf("want a renewable lease, got %+v", s)
 	}
-	if s.TTL != 2*time.Hour-15*time.Minute {
-		t.Errorf("lease TTL %v: want the token's life less min_ttl", s.TTL)
+	if s.TTL != 2*time.Hour-15*time.Minute || s.MaxTTL != s.TTL {
+		t.Errorf("lease TTL %v, max %v: want the token's life less min_ttl, for both", s.TTL, s.MaxTTL)
 	}
 	if strings.Contains(strings.Join(fmtValues(s.InternalData), " "), e.stored("app").RefreshToken) {
 		t.Errorf("lease internal data carries the refresh token")
@@ -177,5 +178,62 @@ func TestCredsWithoutALeaseReturnsATTL(t *testing.T) {
 	e.must(logical.UpdateOperation, "accounts/app", map[string]any{"lease": true})
 	if resp := e.creds("app"); resp.Secret == nil || resp.Data["ttl"] != nil {
 		t.Errorf("lease=true: %+v", resp)
+	}
+}
+
+// renew sends Vault's renewal of a creds lease, issued at issued.
+func (e *testEnv) renew(s *logical.Secret, issued time.Time) (*logical.Response, error) {
+	c := *s
+	c.IssueTime = issued
+	return e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RenewOperation, Secret: &c, Storage: e.view, MountPoint: testMount})
+}
+
+// A creds lease renews up to the token's usable end (min_ttl before it
+// expires) and never past it, and stops renewing once the token is replaced:
+// what Vault Proxy needs to cache it, and Vault Agent to read again in time.
+func TestCredsLeaseRenewsUpToTheTokensUsableEndAndNoFurther(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", map[string]any{"min_ttl": "15m"})
+	issued := e.clock.Now()
+	s := e.creds("app").Secret
+	usableEnd := issued.Add(2*time.Hour - 15*time.Minute)
+
+	e.clock.Advance(time.Hour)
+	resp, err := e.renew(s, issued)
+	if err != nil || resp.IsError() {
+		t.Fatalf("renew: %v %v", resp, err)
+	}
+	if got := resp.Secret.TTL; got != usableEnd.Sub(e.clock.Now()) {
+		t.Errorf("renewed TTL %v, want %v (up to the usable end)", got, usableEnd.Sub(e.clock.Now()))
+	}
+	if got := issued.Add(resp.Secret.MaxTTL); !got.Equal(usableEnd) {
+		t.Errorf("renewed max end %v, want %v", got, usableEnd)
+	}
+	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "never past it") {
+		t.Errorf("want a warning saying the renewal stops at the usable end, got %v", resp.Warnings)
+	}
+	before := e.fake.Counters().Requests
+	// At the usable end: no renewal; the next read refreshes.
+	e.clock.Advance(45 * time.Minute)
+	if resp, err := e.renew(s, issued); err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "less than min_ttl") {
+		t.Errorf("renew at the usable end: want a refusal, got %v %v", resp, err)
+	}
+	if e.fake.Counters().Requests != before {
+		t.Errorf("a renewal called Ermeo")
+	}
+	e.clock.Advance(time.Second) // past the usable end: the read refreshes
+	next := e.creds("app").Secret
+	// The old lease, its token replaced, is not renewed any more.
+	if resp, err := e.renew(s, issued); err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "replaced") {
+		t.Errorf("renew of a replaced token: want a refusal, got %v %v", resp, err)
+	}
+	if resp, err := e.renew(next, e.clock.Now()); err != nil || resp.IsError() {
+		t.Errorf("renew of the new lease: %v %v", resp, err)
+	}
+	// A deleted account's lease is not renewed.
+	e.must(logical.DeleteOperation, "accounts/app", nil)
+	if resp, err := e.renew(next, e.clock.Now()); err != nil || !resp.IsError() {
+		t.Errorf("renew after delete: %v %v", resp, err)
 	}
 }
