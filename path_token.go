@@ -49,7 +49,7 @@ func secretAccessToken(b *backend) *framework.Secret {
 	return &framework.Secret{
 		Type:   secretAccessTokenType,
 		Fields: credsResponseFields,
-		Renew: b.renewAccessToken,
+		Renew:  b.renewAccessToken,
 		// Ermeo has no revocation endpoint: revoking the lease does nothing
 		// upstream, and the token stays valid until it expires.
 		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
