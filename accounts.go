@@ -54,8 +54,11 @@ type accountEntry struct {
 	State               string        `json:"state"`
 	MinTTL              time.Duration `json:"min_ttl,omitempty"`
 	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
-	// NoLease: creds reads return no lease, only a ttl field (lease=false).
-	NoLease bool `json:"no_lease,omitempty"`
+	// Lease is the account's lease mode when it sets one (lease=true or
+	// false); nil means config's default_lease. NoLease is how entries
+	// written before config had a default recorded lease=false.
+	Lease   *bool `json:"lease,omitempty"`
+	NoLease bool  `json:"no_lease,omitempty"`
 	// Whose Ermeo account this is, from GET /api/v1/profile when written.
 	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
 	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
@@ -73,7 +76,24 @@ func (a *accountEntry) clone() *accountEntry {
 		intent := *a.RotationIntent
 		c.RotationIntent = &intent
 	}
+	if a.Lease != nil {
+		lease := *a.Lease
+		c.Lease = &lease
+	}
 	return &c
+}
+
+// effectiveLease says whether creds/<name> answers with a lease: the
+// account's own lease setting, or config's default_lease (on by default).
+func effectiveLease(a *accountEntry, cfg *configEntry) bool {
+	switch {
+	case a.Lease != nil:
+		return *a.Lease
+	case a.NoLease:
+		return false
+	default:
+		return cfg == nil || !cfg.DefaultNoLease
+	}
 }
 
 // tokenLifetime is the lifetime of the account's access token, from the

@@ -108,8 +108,7 @@ func pathAccounts(b *backend) []*framework.Path {
 				},
 				"lease": {
 					Type:        framework.TypeBool,
-					Description: "Whether creds/<name> returns a lease (the default). With lease=false it returns no lease, and a ttl field that tells Vault Agent when to read again, as Vault's static credentials do; reads are then cheaper for Vault.",
-					Default:     true,
+					Description: "Whether creds/<name> returns a lease. With lease=false it returns no lease, and a ttl field that tells Vault Agent when to read again, as Vault's static credentials do; reads are then cheaper for Vault. Defaults to config's default_lease (true).",
 				},
 			},
 			ExistenceCheck: b.pathAccountExists,
@@ -321,7 +320,8 @@ func (r *accountRequest) settings(a *accountEntry) *accountEntry {
 		next.RotationPeriod = r.rotationPeriod
 	}
 	if r.hasLease {
-		next.NoLease = !r.lease
+		lease := r.lease
+		next.Lease, next.NoLease = &lease, false
 	}
 	return next
 }
@@ -541,7 +541,7 @@ func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any 
 		"rotation_in_flight":       a.RotationIntent != nil,
 		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
 		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
-		"lease":                    !a.NoLease,
+		"lease":                    effectiveLease(a, cfg),
 		"ermeo_user_id":            a.ErmeoUserID,
 		"ermeo_email":              a.ErmeoEmail,
 		"checked_at":               formatTime(a.CheckedAt),

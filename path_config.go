@@ -66,6 +66,11 @@ func pathConfig(b *backend) []*framework.Path {
 				Description: "Default for accounts' min_ttl: the least life an access token handed out has left.",
 				Default:     int(defaultMinTTL.Seconds()),
 			},
+			"default_lease": {
+				Type:        framework.TypeBool,
+				Description: "Default for accounts' lease: whether creds/<name> answers with a lease (renewable up to min_ttl before the token's end), or, with false, with no lease but a ttl field. An account's own lease setting wins.",
+				Default:     true,
+			},
 			"default_rotation_period": {
 				Type:        framework.TypeDurationSecond,
 				Description: "Default for accounts' rotation_period: an idle chain is rotated once its refresh token is this old. At most 13 days (refresh tokens live 2 weeks).",
@@ -125,6 +130,7 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"request_timeout":         {Type: framework.TypeDurationSecond, Required: true, Description: "How long one call to Ermeo may take, in seconds."},
 	"default_min_ttl":         {Type: framework.TypeDurationSecond, Required: true, Description: "Default for accounts' min_ttl, in seconds."},
 	"default_rotation_period": {Type: framework.TypeDurationSecond, Required: true, Description: "Default for accounts' rotation_period, in seconds."},
+	"default_lease":           {Type: framework.TypeBool, Required: true, Description: "Default for accounts' lease."},
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
@@ -150,6 +156,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"request_timeout":         int64(c.RequestTimeout.Seconds()),
 		"default_min_ttl":         int64(c.DefaultMinTTL.Seconds()),
 		"default_rotation_period": int64(c.DefaultRotationPeriod.Seconds()),
+		"default_lease":           !c.DefaultNoLease,
 	}}, nil
 }
 
@@ -338,6 +345,11 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error)
 		return nil, err
 	} else if ok {
 		c.SkipAccountCheck = !v
+	}
+	if v, ok, err := boolField(d, "default_lease"); err != nil {
+		return nil, err
+	} else if ok {
+		c.DefaultNoLease = !v
 	}
 	if v, ok, err := boolField(d, "verify_connection"); err != nil {
 		return nil, err

@@ -78,12 +78,12 @@ func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ 
 	if a == nil {
 		return logical.ErrorResponse("account %q no longer exists: its access token cannot be renewed", name), nil
 	}
-	if a.Generation != generation || a.NoLease {
-		return logical.ErrorResponse("the access token of this lease was replaced (generation %d, now %d): read %screds/%s again for the current one", generation, a.Generation, req.MountPoint, name), nil
-	}
 	cfg, err := b.loadConfigCached(ctx, req.Storage)
 	if err != nil {
 		return nil, err
+	}
+	if a.Generation != generation || !effectiveLease(a, cfg) {
+		return logical.ErrorResponse("the access token of this lease was replaced (generation %d, now %d): read %screds/%s again for the current one", generation, a.Generation, req.MountPoint, name), nil
 	}
 	usableEnd := a.AccessTokenExpiresAt.Add(-effectiveMinTTL(a, cfg))
 	left := usableEnd.Sub(b.now()).Truncate(time.Second)
@@ -137,7 +137,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		"expires_in":   int64(remaining.Seconds()),
 	}
 	var resp *logical.Response
-	if a.NoLease {
+	if !effectiveLease(a, cfg) {
 		// As Vault's database static roles do: no lease, a ttl that tells
 		// Vault Agent when to read again, and a rotation_period, without
 		// which Agent ignores the ttl (consul-template's leaseCheckWait).

@@ -237,3 +237,39 @@ func TestCredsLeaseRenewsUpToTheTokensUsableEndAndNoFurther(t *testing.T) {
 		t.Errorf("renew after delete: %v %v", resp, err)
 	}
 }
+
+// The lease mode is chosen once for the mount (config's default_lease), and
+// an account's own lease setting wins.
+func TestConfigDefaultLeaseAndTheAccountsOverride(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.must(logical.UpdateOperation, "config", map[string]any{"default_lease": false})
+	e.createAccount("inherits", nil)
+	e.createAccount("leased", map[string]any{"lease": true})
+	if r := e.creds("inherits"); r.Secret != nil || r.Data["ttl"] == nil {
+		t.Errorf("an account without its own setting under default_lease=false: want no lease and a ttl, got %+v", r)
+	}
+	if r := e.creds("leased"); r.Secret == nil || !r.Secret.Renewable {
+		t.Errorf("an account with lease=true: want a lease, got %+v", r)
+	}
+	if got := e.must(logical.ReadOperation, "accounts/inherits", nil).Data["lease"]; got != false {
+		t.Errorf("accounts/inherits shows lease=%v", got)
+	}
+	e.must(logical.UpdateOperation, "config", map[string]any{"default_lease": true})
+	if r := e.creds("inherits"); r.Secret == nil {
+		t.Errorf("after default_lease=true: want a lease")
+	}
+	if got := e.must(logical.ReadOperation, "config", nil).Data["default_lease"]; got != true {
+		t.Errorf("config shows default_lease=%v", got)
+	}
+	// Entries written before the default existed keep their lease=false.
+	a := e.stored("inherits")
+	a.Lease, a.NoLease = nil, true
+	if err := saveAccount(t.Context(), e.storage, "inherits", a); err != nil {
+		t.Fatal(err)
+	}
+	e.b.Invalidate(t.Context(), accountKey("inherits"))
+	if r := e.creds("inherits"); r.Secret != nil {
+		t.Errorf("an old entry with no_lease: want no lease")
+	}
+}

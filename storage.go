@@ -50,8 +50,11 @@ type configEntry struct {
 	SkipConnectionCheck bool `json:"skip_connection_check,omitempty"`
 	// CredentialsCheckedAt is when Ermeo last accepted the client
 	// credentials; zero when they were not checked.
-	CredentialsCheckedAt  time.Time     `json:"credentials_checked_at,omitempty"`
-	DefaultMinTTL         time.Duration `json:"default_min_ttl"`
+	CredentialsCheckedAt time.Time     `json:"credentials_checked_at,omitempty"`
+	DefaultMinTTL        time.Duration `json:"default_min_ttl"`
+	// DefaultNoLease: accounts that set no lease mode answer creds without
+	// a lease (default_lease=false).
+	DefaultNoLease        bool          `json:"default_no_lease,omitempty"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 }
 
