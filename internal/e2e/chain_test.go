@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -109,9 +110,37 @@ func TestKilledPluginMidRefreshLosesNothing(t *testing.T) {
 }
 
 // TestThousandReadersAtExpiryCauseOneRefresh sends 1,000 concurrent creds
-// reads through the real Vault at the moment the token needs a refresh.
+// reads through the real Vault (the shared dev server, in-memory storage) at
+// the moment the token needs a refresh.
 func TestThousandReadersAtExpiryCauseOneRefresh(t *testing.T) {
-	e := newEnv(t, fakeermeo.Options{AccessTokenTTL: 8 * time.Second})
+	e := newEnv(t, thousandReadersFake) // skips if there is no dev server
+	thousandReadersAtExpiry(t, e, "the dev server, "+vault.Version)
+}
+
+// TestThousandReadersAtExpiryCauseOneRefreshRaft is the same on a
+// single-node Vault of its own with integrated storage (Raft), production's
+// storage, where each of the 1,000 leases is a Raft log entry on disk: the
+// refresh's writes and the readers' lease writes queue for the same log.
+func TestThousandReadersAtExpiryCauseOneRefreshRaft(t *testing.T) {
+	c := startSingleRaft(t)
+	fake := fakeermeo.New(thousandReadersFake)
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	client, err := c.NewClient(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, mount: c.Mount, fake: fake, url: srv.URL, c: client}
+	thousandReadersAtExpiry(t, e, "a single-node Raft server, "+c.Version)
+}
+
+// thousandReadersFake issues 8 s tokens.
+var thousandReadersFake = fakeermeo.Options{AccessTokenTTL: 8 * time.Second}
+
+// thousandReadersAtExpiry is the body of the TestThousandReadersAtExpiry
+// tests: e's mount, on the server named by server, gets 1,000 concurrent
+// creds reads when its token needs a refresh, and must refresh it once.
+func thousandReadersAtExpiry(t *testing.T, e *env, server string) {
 	e.configure()
 	e.mustWrite("accounts/app", map[string]any{"username": testUser, "password": testPassword, "min_ttl": "3s"})
 	first := e.mustRead("creds/app").Data["access_token"]
@@ -161,8 +190,8 @@ func TestThousandReadersAtExpiryCauseOneRefresh(t *testing.T) {
 	requests := after.Requests - before.Requests
 	sort.Slice(waits, func(i, j int) bool { return waits[i] < waits[j] })
 	p50, p99, max := waits[readers/2], waits[readers*99/100], waits[readers-1]
-	fmt.Printf("1,000 concurrent creds reads at expiry through Vault %s: %d refresh(es) at the fake (%d token requests), %d failed; wait p50 %v, p99 %v, max %v\n",
-		vault.Version, refreshes, requests, failed, p50.Round(time.Microsecond), p99.Round(time.Microsecond), max.Round(time.Microsecond))
+	fmt.Printf("1,000 concurrent creds reads at expiry through %s: %d refresh(es) at the fake (%d token requests), %d failed; wait p50 %v, p99 %v, max %v\n",
+		server, refreshes, requests, failed, p50.Round(time.Microsecond), p99.Round(time.Microsecond), max.Round(time.Microsecond))
 	if refreshes != 1 || requests != 1 {
 		t.Errorf("want exactly 1 refresh at the fake, got %d (%d requests)", refreshes, requests)
 	}

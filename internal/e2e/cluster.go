@@ -48,6 +48,11 @@ type ClusterOptions struct {
 	// ServerStabilizationTime is autopilot's wait before a new node becomes
 	// a voter; 0 means 3s (Vault's default is 10s).
 	ServerStabilizationTime time.Duration
+	// Telemetry gives every node the telemetry stanza `vault server -dev`
+	// has (Prometheus retention, no hostname prefix), so that
+	// sys/metrics?format=prometheus answers with the same names as on a
+	// dev server (internal/bench reads Vault's storage counters there).
+	Telemetry bool
 	// Timeout bounds the start-up; default 2 minutes.
 	Timeout time.Duration
 	// Logf, if set, is told each step and each change in what keeps the
@@ -259,6 +264,9 @@ func (c *Cluster) prepare(n *Node) error {
 	// The cluster port always speaks Vault's own TLS, hence https.
 	fmt.Fprintf(&b, "api_addr         = %q\ncluster_addr     = \"https://127.0.0.1:%d\"\n", n.Addr, n.ClusterPort)
 	fmt.Fprintf(&b, "cluster_name     = \"ermeo-e2e\"\ndisable_mlock    = true\nplugin_directory = %q\nui               = false\n", n.PluginDir)
+	if c.opts.Telemetry {
+		b.WriteString("\ntelemetry {\n  prometheus_retention_time = \"24h\"\n  disable_hostname          = true\n}\n")
+	}
 	return os.WriteFile(n.ConfigPath, []byte(b.String()), 0o600)
 }
 
@@ -583,6 +591,31 @@ func (c *Cluster) LeaderContext(ctx context.Context) (int, error) {
 // Client returns a client of node i, with the root token. It is shared:
 // use NewClient for a client of one's own.
 func (c *Cluster) Client(i int) *api.Client { return c.Nodes[i].client }
+
+// Vault returns node i's running vault server as a *Vault, for code written
+// against StartDev's server (internal/bench): its address, the root token, a
+// client of its own (no timeout of its own beyond the API's default, unlike
+// Client's), the version, pid, plugin processes and log. It is bound to the
+// process running now: after a Restart, call it again. Stop the node with
+// the Cluster's Stop, which also ends the plugin processes it left behind.
+func (c *Cluster) Vault(i int) (*Vault, error) {
+	n := c.Nodes[i]
+	n.mu.Lock()
+	cmd, done := n.cmd, n.done
+	n.mu.Unlock()
+	if !n.Running() {
+		return nil, fmt.Errorf("%s is not running", n.ID)
+	}
+	conf := api.DefaultConfig()
+	conf.Address = n.Addr
+	conf.MaxRetries = 0
+	client, err := api.NewClient(conf)
+	if err != nil {
+		return nil, err
+	}
+	client.SetToken(c.RootToken)
+	return &Vault{Addr: n.Addr, Token: c.RootToken, Version: c.Version, Client: client, LogPath: n.LogPath, cmd: cmd, done: done}, nil
+}
 
 // NewClient returns a new client of node i, with the root token.
 func (c *Cluster) NewClient(i int) (*api.Client, error) {

@@ -63,38 +63,14 @@ func devEdgeServer(t *testing.T) *edgeServer {
 // plugin registered by sha256, and a file audit device (log_raw=false).
 func raftEdgeServer(t *testing.T) *edgeServer {
 	t.Helper()
-	bin, why := FindVault()
-	if bin == "" {
-		t.Skip("e2e: " + why)
-	}
-	start := time.Now()
-	work := t.TempDir()
-	buildDir := filepath.Join(work, "build")
-	if err := os.Mkdir(buildDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pluginBin, sha, err := BuildPlugin(buildDir, PluginVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := StartCluster(ClusterOptions{
-		VaultBin: bin, PluginBin: pluginBin, PluginSHA: sha, PluginVersion: PluginVersion,
-		WorkDir: work, Nodes: 1, Timeout: time.Minute, RaftPerformanceMultiplier: 1,
-		Logf: func(format string, args ...any) { t.Logf("raft: "+format, args...) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	c := startSingleRaft(t)
 	node := c.Nodes[0]
-	auditFile := filepath.Join(work, "audit.log")
+	auditFile := filepath.Join(c.WorkDir, "audit.log")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := EnableFileAudit(ctx, c.Client(0), "file", auditFile); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("single-node Raft server %s (pid %d, data in %s) initialised, unsealed, plugin registered, in %s",
-		node.Addr, node.Pid(), filepath.Join(node.Dir, "raft"), time.Since(start).Round(time.Millisecond))
 	return &edgeServer{kind: "raft", addr: node.Addr, token: c.RootToken, sys: c.Client(0), log: node.Log, audit: auditFile}
 }
 

@@ -2,7 +2,9 @@
 // against: an external Vault secrets plugin, served like the real one, that
 // answers a fixed 86-character token from memory.
 //
-//	creds/<name>   the token under a non-renewable 1h lease (no storage call)
+//	creds/<name>   the token under a 1h lease (no storage call), shaped like the
+//	               Ermeo plugin's: renewable up to its end and never past, with
+//	               the same internal data (account, generation)
 //	static/<name>  the same data without a lease, with a ttl field (no storage call)
 //	stored/<name>  as static, after one storage Get (one round trip to Vault)
 //
@@ -66,11 +68,13 @@ func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 		BackendType: logical.TypeLogical,
 		Paths: []*framework.Path{
 			{Pattern: "creds/" + framework.GenericNameRegex("name"), Fields: name, Operations: read(
-				func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
-					resp := b.Secret(secretTyp).Response(data(), nil)
+				func(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+					// As the Ermeo plugin's creds lease: what Vault stores
+					// for a lease is the same size and shape.
+					resp := b.Secret(secretTyp).Response(data(), map[string]any{"account": d.Get("name"), "generation": uint64(1)})
 					resp.Secret.TTL = leaseTTL
-					resp.Secret.MaxTTL = tokenLife
-					resp.Secret.Renewable = false
+					resp.Secret.MaxTTL = leaseTTL
+					resp.Secret.Renewable = true
 					return resp, nil
 				})},
 			{Pattern: "static/" + framework.GenericNameRegex("name"), Fields: name, Operations: read(
@@ -87,6 +91,16 @@ func factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 		},
 		Secrets: []*framework.Secret{{
 			Type: secretTyp,
+			// Up to the lease's end, never past (the bench never renews).
+			Renew: func(_ context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+				left := time.Until(req.Secret.IssueTime.Add(leaseTTL)).Truncate(time.Second)
+				if left < time.Second {
+					return logical.ErrorResponse("at its end: read creds again"), nil
+				}
+				resp := &logical.Response{Secret: req.Secret}
+				resp.Secret.TTL, resp.Secret.MaxTTL, resp.Secret.Renewable = left, leaseTTL, true
+				return resp, nil
+			},
 			Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
 				return nil, nil
 			},

@@ -1,23 +1,30 @@
 // Command bench measures the Ermeo plugin in a real Vault server and prints
-// one table (issue 6). It starts one `vault server -dev` on 127.0.0.1 with the
-// Ermeo plugin and the null plugin (internal/bench/nullplugin), the built-in
-// KV v2 engine for context, and the fake Ermeo in-process, then measures:
+// one table (issues 6 and 13). It starts one Vault server on 127.0.0.1 with
+// the Ermeo plugin and the null plugin (internal/bench/nullplugin), the
+// built-in KV v2 engine for context, and the fake Ermeo in-process. The
+// server is, by default, a single-node Raft server (integrated storage, as in
+// production: file storage in a temporary directory, initialised and unsealed
+// by the bench); with -storage dev it is `vault server -dev` (in-memory
+// storage). Then it measures:
 //
 //  1. the read path: creds reads at 1, 8 and 64 workers sharing one HTTP
-//     client, against the null plugin in the same mode (lease, lease-free);
+//     client, against the null plugin in the same mode (lease, lease-free),
+//     with the storage writes per read and Vault's memory growth;
 //  2. coalescing: 1,000 readers at the moment the token needs a refresh;
 //  3. the refresh path: a read that refreshes against a bare RefreshGrant,
 //     with the fake answering at once and after 50 ms;
 //  4. scale: 1, 1,000 and 10,000 accounts (creation, RSS, start-up, read
-//     p50, CPU of a periodic tick).
+//     p50, CPU of a periodic tick);
+//
+// and at the end counts the leases the run left live.
 //
 // Progress goes to stderr, the table to stdout. Everything it started is
 // stopped on exit, Ctrl-C included. Run it with `make bench` or
 // `go run ./internal/bench/cmd/bench -duration 3s`. Flags: -duration,
 // -scale (e.g. 1,1000 to skip 10,000), -tick-window (0 skips the 2-minute idle
-// window), -readers, -writers, -steps (read,coalescing,refresh,scale) and
-// -profile DIR (Vault CPU profiles of 64-client creds reads). The default run
-// takes about 5 minutes.
+// window), -readers, -writers, -steps (read,coalescing,refresh,scale),
+// -storage (raft or dev) and -profile DIR (Vault CPU profiles of 64-client
+// creds reads). The default run takes about 5 minutes.
 package main
 
 import (
@@ -54,6 +61,7 @@ var (
 	flagWriters  = flag.Int("writers", 32, "concurrent account writers (scale)")
 	flagProfile  = flag.String("profile", "", "if set, a directory where Vault CPU profiles (pprof) of 64-client creds reads are written")
 	flagSteps    = flag.String("steps", "read,coalescing,refresh,scale", "the measurements to run")
+	flagStorage  = flag.String("storage", "raft", "Vault's storage: raft (a single-node Raft server, file storage in a temporary directory, as in production) or dev (vault server -dev, in memory)")
 )
 
 // version is the version both plugins are built, registered and mounted with.
@@ -76,6 +84,8 @@ func main() {
 // env is the running set-up.
 type env struct {
 	v         *e2e.Vault
+	stop      func() // stops the server v is, once started
+	storage   string // what the server stores in, for the table's header
 	pluginDir string
 	long      *fakeermeo.Server // 2 h tokens: ermeo/ and scale/
 	short     *fakeermeo.Server // 12 s tokens: ermeo-short/ (coalescing, refresh path)
@@ -103,26 +113,11 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	e.pluginDir = filepath.Join(work, "plugins")
-	if err := os.Mkdir(e.pluginDir, 0o755); err != nil {
-		return err
-	}
-
-	e.progress("building the Ermeo plugin and the null plugin")
-	_, sha, err := e2e.BuildPlugin(e.pluginDir, version)
-	if err != nil {
-		return err
-	}
-	_, nullSHA, err := bench.BuildNullPlugin(e.pluginDir, version)
-	if err != nil {
-		return err
-	}
-	e.progress("starting %s", vaultBin)
-	e.v, err = e2e.StartDev(e2e.DevOptions{VaultBin: vaultBin, PluginDir: e.pluginDir, WorkDir: work, LogLevel: "warn"})
-	if err != nil {
-		return err
-	}
 	defer e.stopVault()
+	sha, nullSHA, err := e.startVault(vaultBin, work)
+	if err != nil {
+		return err
+	}
 
 	e.long = fakeermeo.New(fakeermeo.Options{})
 	longSrv := httptest.NewServer(e.long)
@@ -144,6 +139,9 @@ func run(ctx context.Context) error {
 		if err := step(ctx); err != nil {
 			return err
 		}
+	}
+	if err := e.leasesLeft(ctx); err != nil {
+		return err
 	}
 	e.print()
 	return nil
@@ -168,11 +166,95 @@ func findVault(ctx context.Context) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// startVault starts the Vault server -storage says, with a plugin directory
+// holding both plugins (built with version), and returns the plugins'
+// sha256s. Whatever it started is stopped by stopVault, even if it fails.
+func (e *env) startVault(vaultBin, work string) (sha, nullSHA string, err error) {
+	build := func() error {
+		e.progress("building the Ermeo plugin and the null plugin")
+		if _, sha, err = e2e.BuildPlugin(e.pluginDir, version); err != nil {
+			return err
+		}
+		_, nullSHA, err = bench.BuildNullPlugin(e.pluginDir, version)
+		return err
+	}
+	switch *flagStorage {
+	case "dev":
+		e.storage = "in memory (vault server -dev)"
+		e.pluginDir = filepath.Join(work, "plugins")
+		if err := os.Mkdir(e.pluginDir, 0o755); err != nil {
+			return "", "", err
+		}
+		if err := build(); err != nil {
+			return "", "", err
+		}
+		e.progress("starting %s -dev", vaultBin)
+		e.v, err = e2e.StartDev(e2e.DevOptions{VaultBin: vaultBin, PluginDir: e.pluginDir, WorkDir: work, LogLevel: "warn"})
+		if err != nil {
+			return "", "", err
+		}
+		e.stop = e.v.Stop
+	case "raft":
+		e.progress("starting %s: a single-node Raft server in %s", vaultBin, work)
+		// Nothing mounted by StartCluster: the plugins are built into the
+		// node's plugin directory once it exists, and registered by setup.
+		c, err := e2e.StartCluster(e2e.ClusterOptions{
+			VaultBin: vaultBin, Mount: "-", WorkDir: work, Nodes: 1, LogLevel: "warn",
+			RaftPerformanceMultiplier: 1, Telemetry: true, Timeout: time.Minute,
+		})
+		if err != nil {
+			return "", "", err
+		}
+		e.stop = c.Stop
+		node := c.Nodes[0]
+		raftDir := filepath.Join(node.Dir, "raft")
+		e.storage = fmt.Sprintf("a single-node Raft server (integrated storage), its data in a temporary directory on %s", fsType(raftDir))
+		e.pluginDir = node.PluginDir
+		if e.v, err = c.Vault(0); err != nil {
+			return "", "", err
+		}
+		if err := build(); err != nil {
+			return "", "", err
+		}
+	default:
+		return "", "", fmt.Errorf("-storage: want raft or dev, not %q", *flagStorage)
+	}
+	return sha, nullSHA, nil
+}
+
+// fsType names the kind of file system dir is on: an fsync on tmpfs costs
+// nothing, on a disk it waits for the disk.
+func fsType(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return "an unknown file system"
+	}
+	switch st.Type {
+	case 0x01021994:
+		return "tmpfs (in memory: an fsync costs nothing)"
+	case 0xEF53:
+		return "ext4 (a disk)"
+	case 0x58465342:
+		return "xfs (a disk)"
+	case 0x9123683E:
+		return "btrfs (a disk)"
+	case 0x794c7630:
+		return "overlayfs"
+	}
+	return fmt.Sprintf("a file system of type %#x", st.Type)
+}
+
 // stopVault stops the vault server and then any plugin process it started
 // that outlived it (by pid, only if its executable is in our plugin dir).
 func (e *env) stopVault() {
-	pids := e2e.ChildrenIn(e.v.Pid(), e.pluginDir)
-	e.v.Stop()
+	if e.stop == nil {
+		return
+	}
+	var pids []int
+	if e.v != nil {
+		pids = e2e.ChildrenIn(e.v.Pid(), e.pluginDir)
+	}
+	e.stop()
 	for _, pid := range pids {
 		if e2e.InDir(pid, e.pluginDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -346,9 +428,10 @@ func (e *env) print() {
 	}
 	fmt.Printf("machine: %d cores (%s/%s); %s; %s; plugin at %s; Vault, plugins, fake Ermeo and load generator all on this machine, over 127.0.0.1\n",
 		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, vaultVersion, runtime.Version(), commit())
+	fmt.Printf("storage: %s\n", e.storage)
 	fmt.Printf("runs: %s each; total time %s; load average before the run (other processes): %s\n\n",
 		*flagDuration, time.Since(e.started).Round(time.Second), e.load)
-	e.table.Section("Targets (issue 6)", "target", "measured", "")
+	e.table.Section("Targets (issues 6 and 13; goals the run is compared with, not asserted)", "target", "measured", "")
 	for _, t := range e.targets {
 		e.table.Row(t...)
 	}
