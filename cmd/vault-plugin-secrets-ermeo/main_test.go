@@ -158,10 +158,8 @@ func TestMakeReleaseIsReproducibleAndCarriesTheVersion(t *testing.T) {
 			t.Errorf("go version -m: build %s=%q, want %q\n%s", k, settings[k], want, &info)
 		}
 	}
-	for k := range settings {
-		if strings.HasPrefix(k, "vcs") {
-			t.Errorf("go version -m: build %s is set (want -buildvcs=false)\n%s", k, &info)
-		}
+	if _, ok := settings["vcs"]; ok {
+		t.Errorf("go version -m: the binary is stamped with VCS information (want -buildvcs=false)\n%s", &info)
 	}
 	if id, err := exec.Command("go", "tool", "buildid", plugin).CombinedOutput(); err != nil || strings.TrimSpace(string(id)) != "" {
 		t.Errorf("go tool buildid: %q, %v; want an empty build id", id, err)
