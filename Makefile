@@ -2,6 +2,7 @@
 #   make demo   a real Vault with the plugin, the fake Ermeo, and `vault read ermeo/creds/app`
 #   make test   go vet, unit tests with -race, and end-to-end tests against a real Vault
 #   make cluster  a 3-node Vault cluster (Raft) with the plugin and a fake Ermeo, until Ctrl-C
+#   make release  reproducible plugin binaries for every platform, and their SHA256SUMS, in dist/
 
 SHELL         := /bin/bash
 .SHELLFLAGS   := -o pipefail -c
@@ -13,7 +14,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build vault demo cluster bench test unit e2e alerts-test chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
+.PHONY: all build release vault demo cluster bench test unit e2e alerts-test chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
 
 all: build
 
@@ -31,6 +32,43 @@ $(BIN)/.version: FORCE
 
 $(BIN)/fake-ermeo: $(GOFILES)
 	go build -o $@ ./cmd/fake-ermeo
+
+# Release binaries, one per platform, named with VERSION and the platform
+# (dist/vault-plugin-secrets-ermeo_v0.2.0_linux_amd64), and their SHA256SUMS.
+# Reproducible: the same commit, VERSION and Go version give the same bytes
+# wherever the repository is checked out (no cgo, no paths, no VCS stamp, no
+# build id). make release VERSION=v0.2.0 RELEASE_PLATFORMS="linux/amd64".
+DIST              ?= dist
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 freebsd/amd64
+RELEASE_LDFLAGS   := -s -w -buildid= $(LDFLAGS)
+$(foreach p,$(RELEASE_PLATFORMS),$(if $(filter 2,$(words $(subst /, ,$(p)))),,$(error RELEASE_PLATFORMS: "$(p)" is not <os>/<arch>)))
+RELEASE_FILES     := $(foreach p,$(RELEASE_PLATFORMS),$(DIST)/$(PLUGIN)_$(VERSION)_$(subst /,_,$(p)))
+
+release: $(DIST)/SHA256SUMS
+
+# The stem is <os>_<arch>; VERSION is in the name, so a new VERSION is a new
+# file and rebuilds.
+$(DIST)/$(PLUGIN)_$(VERSION)_%: $(GOFILES)
+	@mkdir -p $(@D)
+	CGO_ENABLED=0 GOOS=$(word 1,$(subst _, ,$*)) GOARCH=$(word 2,$(subst _, ,$*)) \
+	  go build -trimpath -buildvcs=false -ldflags "$(RELEASE_LDFLAGS)" -o $@ ./cmd/$(PLUGIN)
+
+# Sorted by file name, in sha256sum's format (sha256sum -c SHA256SUMS in dist/).
+$(DIST)/SHA256SUMS: $(RELEASE_FILES) $(DIST)/.release
+	cd $(@D) && sha256sum $(notdir $(RELEASE_FILES)) | LC_ALL=C sort -k 2 >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS
+
+# The VERSION and platforms dist/ was last released with, as $(BIN)/.version:
+# rewritten only when they differ, which then also removes the binaries of
+# other versions or platforms, so that dist/ holds one release and
+# SHA256SUMS is rewritten over exactly it.
+$(DIST)/.release: FORCE
+	@mkdir -p $(@D); want='$(VERSION) $(strip $(RELEASE_PLATFORMS))'; \
+	if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then \
+	  for f in $(DIST)/$(PLUGIN)_*; do \
+	    case ' $(RELEASE_FILES) ' in *" $$f "*) ;; *) rm -f "$$f" ;; esac; \
+	  done; \
+	  printf '%s\n' "$$want" >$@; \
+	fi
 
 # Prints the path of a vault binary 1.15+, building one once if needed.
 vault:
@@ -126,4 +164,4 @@ alerts-test:
 	"$$promtool" check rules ermeo-alerts.yml && "$$promtool" test rules ermeo-alerts.test.yml
 
 clean:
-	rm -rf $(BIN) .demo
+	rm -rf $(BIN) $(DIST) .demo
