@@ -82,18 +82,28 @@ func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ 
 	if err != nil {
 		return nil, err
 	}
-	if a.Generation != generation || !effectiveLease(a, cfg) {
-		return logical.ErrorResponse("the access token of this lease was replaced (generation %d, now %d): read %screds/%s again for the current one", generation, a.Generation, req.MountPoint, name), nil
-	}
+	resp := &logical.Response{Secret: req.Secret}
+	resp.Secret.Renewable = true
 	usableEnd := a.AccessTokenExpiresAt.Add(-effectiveMinTTL(a, cfg))
 	left := usableEnd.Sub(b.now()).Truncate(time.Second)
-	if left < time.Second {
-		return logical.ErrorResponse("the access token of this lease has less than min_ttl left and is not renewed: read %screds/%s again for the next one", req.MountPoint, name), nil
+	if a.Generation != generation || !effectiveLease(a, cfg) || left < 2*time.Second {
+		// The token was replaced, or is at its usable end. The renewal
+		// succeeds, for one second, rather than fail: Vault's lease renewer
+		// (in Agent and Proxy) retries a refused renewal without a pause
+		// (hashicorp/vault#28611), and a one-second lease makes it let go at
+		// once, so that the next read gets the next token.
+		resp.Secret.TTL = time.Second
+		resp.Secret.MaxTTL = b.now().Add(2 * time.Second).Sub(req.Secret.IssueTime).Truncate(time.Second)
+		reason := "is at its usable end (min_ttl before Ermeo stops accepting it)"
+		if a.Generation != generation {
+			reason = fmt.Sprintf("was replaced (generation %d, now %d)", generation, a.Generation)
+		}
+		resp.AddWarning(fmt.Sprintf("the access token of this lease %s: renewed for one second only; read %screds/%s again for the next one", reason, req.MountPoint, name))
+		return resp, nil
 	}
-	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = left
-	resp.Secret.MaxTTL = usableEnd.Sub(req.Secret.IssueTime).Truncate(time.Second)
-	resp.Secret.Renewable = true
+	// Vault checks the end against the lease's issue time cut to the second.
+	resp.Secret.MaxTTL = usableEnd.Sub(req.Secret.IssueTime).Truncate(time.Second) + time.Second
 	resp.AddWarning(fmt.Sprintf("renewed up to the token's usable end, %s (min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
 		formatTime(usableEnd), req.MountPoint, name))
 	return resp, nil
