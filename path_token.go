@@ -2,7 +2,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -27,7 +26,7 @@ func pathCreds(b *backend) []*framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:  withAccountName(b.pathCredsRead),
-				Summary:   "An access token of the account with at least min_ttl of life left, under a lease that ends min_ttl before the token does (renewable up to that end, never past).",
+				Summary:   "An access token of the account with at least min_ttl of life left, under a non-renewable lease that ends before the token does.",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: credsResponseFields}}},
 			},
 		},
@@ -49,83 +48,12 @@ func secretAccessToken(b *backend) *framework.Secret {
 	return &framework.Secret{
 		Type:   secretAccessTokenType,
 		Fields: credsResponseFields,
-		Renew:  b.renewAccessToken,
 		// Ermeo has no revocation endpoint: revoking the lease does nothing
 		// upstream, and the token stays valid until it expires.
 		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
 			return nil, nil
 		},
 	}
-}
-
-// renewAccessToken extends a creds lease up to the token's usable end
-// (min_ttl before Ermeo stops accepting it) and never past: that is what
-// lets Vault Proxy cache a creds response and serve it while it renews the
-// lease, and what makes Vault Agent and Proxy read again in time for the
-// next token. The renewal fails once the account's chain has moved on (the
-// token was replaced: read creds again for the new one) or the token is at
-// its usable end (the next read refreshes it).
-func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	name, _ := req.Secret.InternalData["account"].(string)
-	generation, ok := internalUint(req.Secret.InternalData["generation"])
-	if validateAccountName(name) != nil || !ok {
-		return logical.ErrorResponse("this lease does not name an account of this engine: read creds/<name> again"), nil
-	}
-	a, err := b.store.get(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if a == nil {
-		return logical.ErrorResponse("account %q no longer exists: its access token cannot be renewed", name), nil
-	}
-	cfg, err := b.loadConfigCached(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	resp := &logical.Response{Secret: req.Secret}
-	resp.Secret.Renewable = true
-	usableEnd := a.AccessTokenExpiresAt.Add(-effectiveMinTTL(a, cfg))
-	left := usableEnd.Sub(b.now()).Truncate(time.Second)
-	if a.Generation != generation || !effectiveLease(a, cfg) || left < 2*time.Second {
-		// The token was replaced, or is at its usable end. The renewal
-		// succeeds, for one second, rather than fail: Vault's lease renewer
-		// (in Agent and Proxy) retries a refused renewal without a pause
-		// (hashicorp/vault#28611), and a one-second lease makes it let go at
-		// once, so that the next read gets the next token.
-		resp.Secret.TTL = time.Second
-		resp.Secret.MaxTTL = b.now().Add(2 * time.Second).Sub(req.Secret.IssueTime).Truncate(time.Second)
-		reason := "is at its usable end (min_ttl before Ermeo stops accepting it)"
-		if a.Generation != generation {
-			reason = fmt.Sprintf("was replaced (generation %d, now %d)", generation, a.Generation)
-		}
-		resp.AddWarning(fmt.Sprintf("the access token of this lease %s: renewed for one second only; read %screds/%s again for the next one", reason, req.MountPoint, name))
-		return resp, nil
-	}
-	resp.Secret.TTL = left
-	// Vault checks the end against the lease's issue time cut to the second.
-	resp.Secret.MaxTTL = usableEnd.Sub(req.Secret.IssueTime).Truncate(time.Second) + time.Second
-	resp.AddWarning(fmt.Sprintf("renewed up to the token's usable end, %s (min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
-		formatTime(usableEnd), req.MountPoint, name))
-	return resp, nil
-}
-
-// internalUint reads a number from a lease's internal data, which comes back
-// from Vault's storage as a JSON number.
-func internalUint(v any) (uint64, bool) {
-	switch n := v.(type) {
-	case uint64:
-		return n, true
-	case int:
-		return uint64(n), n >= 0
-	case int64:
-		return uint64(n), n >= 0
-	case float64:
-		return uint64(n), n >= 0
-	case json.Number:
-		i, err := n.Int64()
-		return uint64(i), err == nil && i >= 0
-	}
-	return 0, false
 }
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *framework.FieldData, name string) (*logical.Response, error) {
@@ -157,11 +85,13 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		resp = &logical.Response{Data: data}
 	} else {
 		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})
-		// Renewable up to the same end (see renewAccessToken), so that
-		// Vault Proxy caches it; never past it.
+		// Not renewable: Vault Agent then reads again at 85-95% of the
+		// lease, in time for the next token. (A renewable lease would let
+		// Vault Proxy cache creds, but Agent's renewer and Proxy's need
+		// schedules that conflict; see the README's "Which lease mode".)
 		resp.Secret.TTL = ttl
-		resp.Secret.MaxTTL = ttl
-		resp.Secret.Renewable = true
+		resp.Secret.MaxTTL = remaining
+		resp.Secret.Renewable = false
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
@@ -291,12 +221,8 @@ A token with at least the account's min_ttl of life left is returned as it is,
 without calling Ermeo. Otherwise the account's refresh chain is rotated first,
 under the account's lock: many readers at once cause one refresh.
 
-The token comes with a lease that ends min_ttl before the token expires (its
-usable end), so that Vault Agent reads again in time for a fresh token. The
-lease is renewable up to that end and never past it, which lets Vault Proxy
-cache the answer and serve it while it renews the lease; a renewal fails once
-the token is replaced or at its usable end, and the next read gets the next
-token. Revoking
+The token comes with a non-renewable lease that ends min_ttl before the token
+expires, so that Vault Agent reads again in time for a fresh token. Revoking
 the lease does nothing at Ermeo (Ermeo has no revocation): the token stays
 valid until it expires. For an account written with lease=false there is no
 lease; a ttl field says when to read again, as with Vault's static credentials.

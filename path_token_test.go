@@ -1,7 +1,6 @@
 package ermeosecrets
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -44,11 +43,11 @@ func TestCredsResponseAndLease(t *testing.T) {
 		t.Errorf("expires_at = %v", resp.Data["expires_at"])
 	}
 	s := resp.Secret
-	if s == nil || !s.Renewable {
-		t.Fatalf("want a renewable lease, got %+v", s)
+	if s == nil || s.Renewable {
+		t.Fatalf("want a non-renewable lease, got %+v", s)
 	}
-	if s.TTL != 2*time.Hour-15*time.Minute || s.MaxTTL != s.TTL {
-		t.Errorf("lease TTL %v, max %v: want the token's life less min_ttl, for both", s.TTL, s.MaxTTL)
+	if s.TTL != 2*time.Hour-15*time.Minute {
+		t.Errorf("lease TTL %v: want the token's life less min_ttl", s.TTL)
 	}
 	if strings.Contains(strings.Join(fmtValues(s.InternalData), " "), e.stored("app").RefreshToken) {
 		t.Errorf("lease internal data carries the refresh token")
@@ -181,65 +180,6 @@ func TestCredsWithoutALeaseReturnsATTL(t *testing.T) {
 	}
 }
 
-// renew sends Vault's renewal of a creds lease, issued at issued.
-func (e *testEnv) renew(s *logical.Secret, issued time.Time) (*logical.Response, error) {
-	c := *s
-	c.IssueTime = issued
-	return e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RenewOperation, Secret: &c, Storage: e.view, MountPoint: testMount})
-}
-
-// A creds lease renews up to the token's usable end (min_ttl before it
-// expires) and never past it, and stops renewing once the token is replaced:
-// what Vault Proxy needs to cache it, and Vault Agent to read again in time.
-func TestCredsLeaseRenewsUpToTheTokensUsableEndAndNoFurther(t *testing.T) {
-	e := newTestEnv(t, fakeermeo.Options{})
-	e.configure()
-	e.createAccount("app", map[string]any{"min_ttl": "15m"})
-	issued := e.clock.Now()
-	s := e.creds("app").Secret
-	usableEnd := issued.Add(2*time.Hour - 15*time.Minute)
-
-	e.clock.Advance(time.Hour)
-	resp, err := e.renew(s, issued)
-	if err != nil || resp.IsError() {
-		t.Fatalf("renew: %v %v", resp, err)
-	}
-	if got := resp.Secret.TTL; got != usableEnd.Sub(e.clock.Now()) {
-		t.Errorf("renewed TTL %v, want %v (up to the usable end)", got, usableEnd.Sub(e.clock.Now()))
-	}
-	if got := issued.Add(resp.Secret.MaxTTL); got.Before(usableEnd) || got.After(usableEnd.Add(time.Second)) {
-		t.Errorf("renewed max end %v, want %v (and a second for Vault's rounding)", got, usableEnd)
-	}
-	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "never past it") {
-		t.Errorf("want a warning saying the renewal stops at the usable end, got %v", resp.Warnings)
-	}
-	before := e.fake.Counters().Requests
-	// At the usable end: renewed for one second only (a refused renewal
-	// would be retried by Vault's renewer without a pause); the next read
-	// refreshes.
-	e.clock.Advance(45 * time.Minute)
-	if resp, err := e.renew(s, issued); err != nil || resp.IsError() || resp.Secret.TTL != time.Second || !strings.Contains(resp.Warnings[0], "usable end") {
-		t.Errorf("renew at the usable end: want one second, got %v %v", resp, err)
-	}
-	if e.fake.Counters().Requests != before {
-		t.Errorf("a renewal called Ermeo")
-	}
-	e.clock.Advance(time.Second) // past the usable end: the read refreshes
-	next := e.creds("app").Secret
-	// The old lease, its token replaced, gets one second.
-	if resp, err := e.renew(s, issued); err != nil || resp.IsError() || resp.Secret.TTL != time.Second || !strings.Contains(resp.Warnings[0], "replaced") {
-		t.Errorf("renew of a replaced token: want one second, got %v %v", resp, err)
-	}
-	if resp, err := e.renew(next, e.clock.Now()); err != nil || resp.IsError() {
-		t.Errorf("renew of the new lease: %v %v", resp, err)
-	}
-	// A deleted account's lease is not renewed.
-	e.must(logical.DeleteOperation, "accounts/app", nil)
-	if resp, err := e.renew(next, e.clock.Now()); err != nil || !resp.IsError() {
-		t.Errorf("renew after delete: %v %v", resp, err)
-	}
-}
-
 // The lease mode is chosen once for the mount (config's default_lease), and
 // an account's own lease setting wins.
 func TestConfigDefaultLeaseAndTheAccountsOverride(t *testing.T) {
@@ -251,7 +191,7 @@ func TestConfigDefaultLeaseAndTheAccountsOverride(t *testing.T) {
 	if r := e.creds("inherits"); r.Secret != nil || r.Data["ttl"] == nil {
 		t.Errorf("an account without its own setting under default_lease=false: want no lease and a ttl, got %+v", r)
 	}
-	if r := e.creds("leased"); r.Secret == nil || !r.Secret.Renewable {
+	if r := e.creds("leased"); r.Secret == nil {
 		t.Errorf("an account with lease=true: want a lease, got %+v", r)
 	}
 	if got := e.must(logical.ReadOperation, "accounts/inherits", nil).Data["lease"]; got != false {
