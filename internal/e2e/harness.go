@@ -35,30 +35,12 @@ const PluginVersion = "v0.1.0-e2e"
 // the one on PATH, or the one scripts/vault-bin.sh caches. If there is none it
 // returns "" and why.
 func FindVault() (string, string) {
-	var candidates []string
-	if v := os.Getenv("VAULT_BIN"); v != "" {
-		candidates = append(candidates, v)
-	}
-	if p, err := exec.LookPath("vault"); err == nil {
-		candidates = append(candidates, p)
-	}
-	cache := os.Getenv("ERMEO_VAULT_CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, _ := os.UserHomeDir()
-			base = filepath.Join(home, ".cache")
-		}
-		cache = filepath.Join(base, "vault-plugin-secrets-ermeo")
-	}
-	cached, _ := filepath.Glob(filepath.Join(cache, "vault-v*"))
-	candidates = append(candidates, cached...)
-	for _, c := range candidates {
+	for _, c := range toolCandidates("VAULT_BIN", "vault", "ERMEO_VAULT_CACHE") {
 		if v, err := VaultVersion(c); err == nil && newEnough(v) {
 			return c, ""
 		}
 	}
-	return "", "no vault binary 1.15 or newer ($VAULT_BIN, PATH, or " + cache + "): run `make test`, which obtains one with scripts/vault-bin.sh"
+	return "", "no vault binary 1.15 or newer ($VAULT_BIN, PATH, or " + toolCache("ERMEO_VAULT_CACHE") + "): run `make test`, which obtains one with scripts/vault-bin.sh"
 }
 
 var versionRe = regexp.MustCompile(`Vault v(\d+)\.(\d+)\.(\d+)`)
@@ -342,4 +324,33 @@ func EnableFileAudit(ctx context.Context, c *api.Client, path, file string) erro
 		return fmt.Errorf("enabling the file audit device at %s: %w", path, err)
 	}
 	return nil
+}
+
+// toolCandidates lists where a tool the project obtains may be, in the order
+// the scripts look: $binEnv, the PATH, then what scripts/<name>-bin.sh cached
+// ($cacheEnv, or the user's cache directory) as <name>-v*.
+func toolCandidates(binEnv, name, cacheEnv string) []string {
+	var candidates []string
+	if v := os.Getenv(binEnv); v != "" {
+		candidates = append(candidates, v)
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		candidates = append(candidates, p)
+	}
+	cached, _ := filepath.Glob(filepath.Join(toolCache(cacheEnv), name+"-v*"))
+	return append(candidates, cached...)
+}
+
+// toolCache is the directory the scripts cache built tools in: $cacheEnv, or
+// vault-plugin-secrets-ermeo in the user's cache directory.
+func toolCache(cacheEnv string) string {
+	if cache := os.Getenv(cacheEnv); cache != "" {
+		return cache
+	}
+	base := os.Getenv("XDG_CACHE_HOME")
+	if base == "" {
+		home, _ := os.UserHomeDir()
+		base = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(base, "vault-plugin-secrets-ermeo")
 }

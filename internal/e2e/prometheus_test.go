@@ -228,31 +228,13 @@ func metricsToken(t *testing.T, mount string) string {
 // failure fails the test.
 func findPrometheus(t *testing.T) string {
 	t.Helper()
-	var candidates []string
-	if p := os.Getenv("PROMETHEUS_BIN"); p != "" {
-		candidates = append(candidates, p)
-	}
-	if p, err := exec.LookPath("prometheus"); err == nil {
-		candidates = append(candidates, p)
-	}
-	cache := os.Getenv("ERMEO_TOOLS_CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, _ := os.UserHomeDir()
-			base = filepath.Join(home, ".cache")
-		}
-		cache = filepath.Join(base, "vault-plugin-secrets-ermeo")
-	}
-	cached, _ := filepath.Glob(filepath.Join(cache, "prometheus-v*"))
-	candidates = append(candidates, cached...)
-	for _, c := range candidates {
+	for _, c := range toolCandidates("PROMETHEUS_BIN", "prometheus", "ERMEO_TOOLS_CACHE") {
 		if exec.Command(c, "--version").Run() == nil {
 			return c
 		}
 	}
 	if os.Getenv("ERMEO_E2E_REQUIRED") == "" && os.Getenv("CI") != "true" {
-		t.Skip("no prometheus binary ($PROMETHEUS_BIN, PATH, or " + cache + "): make e2e obtains one with scripts/prometheus-bin.sh")
+		t.Skip("no prometheus binary ($PROMETHEUS_BIN, PATH, or " + toolCache("ERMEO_TOOLS_CACHE") + "): make e2e obtains one with scripts/prometheus-bin.sh")
 	}
 	root, err := ModuleRoot()
 	if err != nil {
