@@ -192,10 +192,13 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	case c.ClientSecret == "":
 		return logical.ErrorResponse("client_secret: required: the OAuth client secret of your Ermeo integration"), nil
 	}
-	if msg, err := b.defaultMinTTLError(ctx, req.Storage, c); err != nil {
-		return nil, err
-	} else if msg != "" {
-		return logical.ErrorResponse(msg), nil
+	// Every account is read only when the default they may use changes.
+	if old == nil || c.DefaultMinTTL != old.DefaultMinTTL {
+		if msg, err := b.defaultMinTTLError(ctx, req.Storage, c); err != nil {
+			return nil, err
+		} else if msg != "" {
+			return logical.ErrorResponse(msg), nil
+		}
 	}
 
 	// Act: prove the credentials before they replace the stored ones.
