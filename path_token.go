@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -176,13 +175,13 @@ func (b *backend) youngTokenWarning(a *accountEntry, cfg *configEntry) string {
 	if lifetime <= 0 || a.AccessToken == "" || a.AccessTokenExpiresAt.Sub(b.now()) <= lifetime/2 {
 		return ""
 	}
-	field := "the account's min_ttl"
+	setting, whose := "min_ttl", "the account's"
 	if a.MinTTL == 0 {
-		field = "config's default_min_ttl"
+		setting, whose = "default_min_ttl", "config's"
 	}
 	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
-	return fmt.Sprintf("not refreshing: this access token has %s left of its %s, but %s (%s) asks for more; a read refreshes only tokens past half their life: set %s below %s",
-		humanDuration(left), humanDuration(lifetime), field, humanDuration(effectiveMinTTL(a, cfg)), strings.TrimPrefix(strings.TrimPrefix(field, "the account's "), "config's "), humanDuration(lifetime/2))
+	return fmt.Sprintf("not refreshing: this access token has %s left of its %s, but %s %s (%s) asks for more; a read refreshes only tokens past half their life: set %s below %s",
+		humanDuration(left), humanDuration(lifetime), whose, setting, humanDuration(effectiveMinTTL(a, cfg)), setting, humanDuration(lifetime/2))
 }
 
 // serveStale serves an access token that could not be refreshed, with a
