@@ -438,15 +438,15 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 // that passes, stores whose account it is; a failed check is a warning.
 // Called with the account's lock held, after the chain is stored.
 func (b *backend) checkAccountLocked(ctx context.Context, r rotation, a *accountEntry) []string {
+	if r.cfg.SkipAccountCheck {
+		return nil
+	}
 	client, err := b.client(r.cfg)
 	if err != nil {
 		return []string{"the new refresh chain is stored, but its profile was not checked: " + err.Error()}
 	}
 	if warnings := b.checkAccount(ctx, r.cfg, client, a); len(warnings) > 0 {
 		return warnings
-	}
-	if r.cfg.SkipAccountCheck {
-		return nil
 	}
 	if err := b.store.put(ctx, r.storage, r.name, a, keepUnsaved); err != nil {
 		return []string{"the new refresh chain is stored, but not whose account it is: " + err.Error()}
@@ -457,11 +457,8 @@ func (b *backend) checkAccountLocked(ctx context.Context, r rotation, a *account
 // checkAccount calls Ermeo's GET /api/v1/profile with a new chain's access
 // token, which proves the token works for the API, and records whose account
 // it is. A failed check is a warning: the chain itself is good. Off with
-// config's verify_accounts=false (air-gapped setups).
+// config's verify_accounts=false (air-gapped setups; see checkAccountLocked).
 func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *ermeo.Client, a *accountEntry) []string {
-	if cfg.SkipAccountCheck {
-		return nil
-	}
 	pctx, cancel := upstreamContext(ctx, cfg)
 	profile, err := client.Profile(pctx, a.AccessToken)
 	cancel()
