@@ -2,6 +2,7 @@ package ermeosecrets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -47,6 +48,7 @@ func secretAccessToken(b *backend) *framework.Secret {
 	return &framework.Secret{
 		Type:   secretAccessTokenType,
 		Fields: credsResponseFields,
+		Renew:  b.renewAccessToken,
 		// Ermeo has no revocation endpoint: revoking the lease does nothing
 		// upstream, and the token stays valid until it expires.
 		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
@@ -66,7 +68,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 
 	now := b.now()
 	remaining := a.AccessTokenExpiresAt.Sub(now)
-	ttl := leaseTTL(remaining, effectiveMinTTL(a, cfg))
+	minTTL := effectiveMinTTL(a, cfg)
 	data := map[string]any{
 		"access_token": a.AccessToken,
 		"token_type":   "Bearer",
@@ -79,23 +81,169 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		// Vault Agent when to read again, and a rotation_period, without
 		// which Agent ignores the ttl (consul-template's leaseCheckWait).
 		// Agent comes back 1s after the ttl, hence the second less.
+		ttl := leaseTTL(remaining, minTTL)
 		data["ttl"] = int64(max(ttl-time.Second, time.Second).Seconds())
 		data["rotation_period"] = int64(a.tokenLifetime().Seconds())
 		resp = &logical.Response{Data: data}
 	} else {
-		resp = b.Secret(secretAccessTokenType).Response(data, map[string]any{"account": name, "generation": a.Generation})
-		// Not renewable: Vault Agent then reads again at 85-95% of the
-		// lease, in time for the next token. (A renewable lease would let
-		// Vault Proxy cache creds, but Agent's renewer and Proxy's need
-		// schedules that conflict; see the README's "Which lease mode".)
-		resp.Secret.TTL = ttl
-		resp.Secret.MaxTTL = remaining
-		resp.Secret.Renewable = false
+		lease := leaseFor(now, a.AccessTokenExpiresAt, minTTL)
+		internal := map[string]any{"account": name, "generation": a.Generation}
+		if lease.renewable {
+			internal["renew_step"] = int64(lease.step.Seconds())
+			internal["lease_end"] = lease.end.UTC().Format(time.RFC3339Nano)
+		}
+		resp = b.Secret(secretAccessTokenType).Response(data, internal)
+		resp.Secret.TTL = lease.ttl
+		resp.Secret.MaxTTL = lease.end.Sub(now)
+		resp.Secret.Renewable = lease.renewable
 	}
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}
 	return resp, nil
+}
+
+// A creds lease is scheduled so that both of Vault's lease-aware readers get
+// the next token in time, and Vault Proxy can cache the answer:
+//
+//   - a token with at least min_ttl left gets a renewable lease of
+//     renewStep (half of min_ttl, whole seconds), renewable by renewStep at
+//     a time up to the token's lease end, min_ttl/2 before it expires, and
+//     never past it. Vault's lease renewer (in Agent and Proxy) renews
+//     every two thirds of renewStep; once a renewal comes back shorter it
+//     lets go, and that happens only after the token's usable end (min_ttl
+//     before it expires), so the read that follows refreshes: Proxy caches
+//     one answer per token, Agent reads again after the refresh is due and
+//     renders the new token.
+//   - a token read in the last seconds before its usable end gets a
+//     non-renewable lease of half its remaining life instead: Agent then
+//     sleeps 85-95% of it and reads again well after the usable end, in a
+//     later second than its last answer (consul-template keeps one answer
+//     per wall-clock second, so an answer that came in the same second as
+//     the one before would be dropped).
+//   - a token with less than min_ttl left (Ermeo unreachable, or a token
+//     younger than half its life) gets a non-renewable lease of half its
+//     remaining life: readers come back while it is still valid.
+type credsLease struct {
+	ttl       time.Duration
+	renewable bool
+	// end is the latest time the lease may reach: min_ttl/2 before the
+	// token expires for a renewable lease, the lease's own end otherwise.
+	end time.Time
+	// step is what one renewal adds.
+	step time.Duration
+}
+
+const (
+	// minRenewStep is the shortest renewable step: with less, Vault's
+	// whole-second leases leave the renewer no room between renewals.
+	minRenewStep = 3 * time.Second
+	// renewableWindow is how long before a token's usable end a read still
+	// gets a renewable lease (see credsLease).
+	renewableWindow = 2 * time.Second
+)
+
+func leaseFor(now, expiresAt time.Time, minTTL time.Duration) credsLease {
+	remaining := expiresAt.Sub(now)
+	step := (minTTL / 2).Truncate(time.Second)
+	usableEnd := expiresAt.Add(-minTTL)
+	if step >= minRenewStep && usableEnd.Sub(now) >= renewableWindow {
+		return credsLease{ttl: step, renewable: true, end: expiresAt.Add(-minTTL / 2), step: step}
+	}
+	ttl := leaseTTL(remaining, minTTL)
+	if remaining < minTTL+renewableWindow && remaining >= minTTL {
+		// The last seconds before the usable end: see credsLease.
+		ttl = max((remaining / 2).Truncate(time.Second), time.Second)
+	}
+	return credsLease{ttl: ttl, end: now.Add(ttl)}
+}
+
+// renewAccessToken renews a creds lease by its step, up to its end and never
+// past it (see credsLease). A renewal that would reach past the end is cut
+// to it, with a warning; at the end it fails: read creds again for the next
+// token. A lease whose token was replaced (an operator's rotate, or a
+// refresh) is renewed for one second only, with a warning, so that Vault's
+// renewer lets go at once and the next read gets the current token: a
+// refused renewal would be retried (hashicorp/vault#28611).
+func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	name, _ := req.Secret.InternalData["account"].(string)
+	generation, okGen := internalUint(req.Secret.InternalData["generation"])
+	step, okStep := internalUint(req.Secret.InternalData["renew_step"])
+	end, errEnd := time.Parse(time.RFC3339Nano, fmt.Sprint(req.Secret.InternalData["lease_end"]))
+	if validateAccountName(name) != nil || !okGen || !okStep || errEnd != nil {
+		return logical.ErrorResponse("this lease cannot be renewed: it does not name an account of this engine's renewable leases; read creds/<name> again"), nil
+	}
+	a, err := b.store.get(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if a == nil {
+		return logical.ErrorResponse("account %q no longer exists: its access token cannot be renewed", name), nil
+	}
+
+	now := b.now()
+	left := end.Sub(now)
+	if left <= 0 {
+		return logical.ErrorResponse("this lease's access token is at the end of its lease life (%s, half of min_ttl before Ermeo stops accepting it): read %screds/%s again for the next token",
+			formatTime(end), req.MountPoint, name), nil
+	}
+	ttl := time.Duration(step) * time.Second
+	var warning string
+	switch {
+	case a.Generation != generation:
+		ttl = min(time.Second, left)
+		warning = fmt.Sprintf("the access token of this lease was replaced (generation %d, now %d): renewed for one second only; read %screds/%s for the current one",
+			generation, a.Generation, req.MountPoint, name)
+	case req.Secret.Increment > 0:
+		// vault lease renew -increment: as asked, up to the end.
+		ttl = min(req.Secret.Increment, left)
+		if req.Secret.Increment > left {
+			warning = fmt.Sprintf("renewed only up to %s, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
+				formatTime(end), req.MountPoint, name)
+		}
+	case ttl > left:
+		// The last renewal: short enough (at most 40% of the step) that
+		// Vault's renewer lets go at once rather than renew again into
+		// the end, and the next read refreshes.
+		ttl = min(left, max((ttl*2/5).Truncate(time.Second), time.Second))
+		warning = fmt.Sprintf("renewed only up to %s at most, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again for the next token",
+			formatTime(end), req.MountPoint, name)
+	}
+	resp := &logical.Response{Secret: req.Secret}
+	resp.Secret.TTL = ttl
+	resp.Secret.Renewable = true
+	// Vault caps the renewal, and an increment asked for with vault lease
+	// renew -increment, at the lease's issue time plus MaxTTL, measured on
+	// its own clock a little later than ours: a second more, so that Vault
+	// does not cut the step short, but never past the end.
+	maxEnd := now.Add(ttl + time.Second)
+	if maxEnd.After(end) {
+		maxEnd = end
+	}
+	resp.Secret.MaxTTL = maxEnd.Sub(req.Secret.IssueTime)
+	if warning != "" {
+		resp.AddWarning(warning)
+	}
+	return resp, nil
+}
+
+// internalUint reads a number from a lease's internal data, which comes back
+// from Vault's storage as a JSON number.
+func internalUint(v any) (uint64, bool) {
+	switch n := v.(type) {
+	case uint64:
+		return n, true
+	case int:
+		return uint64(n), n >= 0
+	case int64:
+		return uint64(n), n >= 0
+	case float64:
+		return uint64(n), n >= 0
+	case json.Number:
+		i, err := n.Int64()
+		return uint64(i), err == nil && i >= 0
+	}
+	return 0, false
 }
 
 // leaseTTL is the lease for a token with remaining life: it ends when the

@@ -1,6 +1,8 @@
 package ermeosecrets
 
 import (
+	"errors"
+	"math/rand"
 	"strings"
 	"testing"
 	"time"
@@ -43,11 +45,14 @@ func TestCredsResponseAndLease(t *testing.T) {
 		t.Errorf("expires_at = %v", resp.Data["expires_at"])
 	}
 	s := resp.Secret
-	if s == nil || s.Renewable {
-		t.Fatalf("want a non-renewable lease, got %+v", s)
+	if s == nil || !s.Renewable {
+		t.Fatalf("want a renewable lease, got %+v", s)
 	}
-	if s.TTL != 2*time.Hour-15*time.Minute {
-		t.Errorf("lease TTL %v: want the token's life less min_ttl", s.TTL)
+	if s.TTL != 15*time.Minute/2 {
+		t.Errorf("lease TTL %v: want half of min_ttl", s.TTL)
+	}
+	if s.MaxTTL != 2*time.Hour-15*time.Minute/2 {
+		t.Errorf("lease MaxTTL %v: want the token's life less half of min_ttl", s.MaxTTL)
 	}
 	if strings.Contains(strings.Join(fmtValues(s.InternalData), " "), e.stored("app").RefreshToken) {
 		t.Errorf("lease internal data carries the refresh token")
@@ -213,5 +218,226 @@ func TestConfigDefaultLeaseAndTheAccountsOverride(t *testing.T) {
 	e.b.Invalidate(t.Context(), accountKey("inherits"))
 	if r := e.creds("inherits"); r.Secret != nil {
 		t.Errorf("an old entry with no_lease: want no lease")
+	}
+}
+
+func TestLeaseFor(t *testing.T) {
+	expires := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name      string
+		left      time.Duration // of the token's life at the read
+		minTTL    time.Duration
+		ttl       time.Duration
+		renewable bool
+		end       time.Duration // before expiry
+	}{
+		{"fresh token", 2 * time.Hour, 10 * time.Minute, 5 * time.Minute, true, 5 * time.Minute},
+		{"just before the renewable window", 10*time.Minute + 2*time.Second, 10 * time.Minute, 5 * time.Minute, true, 5 * time.Minute},
+		{"in the last seconds before the usable end", 10*time.Minute + 1500*time.Millisecond, 10 * time.Minute, 300 * time.Second, false, 10*time.Minute + 1500*time.Millisecond - 300*time.Second},
+		{"past the usable end (served stale)", 4 * time.Minute, 10 * time.Minute, 2 * time.Minute, false, 2 * time.Minute},
+		{"short min_ttl, no room to renew", 20 * time.Second, 5 * time.Second, 15 * time.Second, false, 5 * time.Second},
+		{"shortest renewable step", 20 * time.Second, 6 * time.Second, 3 * time.Second, true, 3 * time.Second},
+		{"odd min_ttl: a step of whole seconds", 20 * time.Second, 7 * time.Second, 3 * time.Second, true, 3500 * time.Millisecond},
+	}
+	for _, c := range cases {
+		now := expires.Add(-c.left)
+		l := leaseFor(now, expires, c.minTTL)
+		if l.ttl != c.ttl || l.renewable != c.renewable || !l.end.Equal(expires.Add(-c.end)) {
+			t.Errorf("%s: leaseFor = ttl %v renewable %v end %v before expiry; want %v %v %v",
+				c.name, l.ttl, l.renewable, expires.Sub(l.end), c.ttl, c.renewable, c.end)
+		}
+		if now.Add(l.ttl).After(l.end) || l.end.After(expires) {
+			t.Errorf("%s: the lease (%v) outlives its end or the token", c.name, l.ttl)
+		}
+	}
+}
+
+// vaultRenewer follows what Vault does with a renewable creds lease on behalf
+// of Vault Agent and Vault Proxy: the expiration manager caps each renewal at
+// the lease's issue time plus MaxTTL (framework.CalculateTTL) and reports
+// whole seconds, and the lease's LifetimeWatcher (vault/api v1.22.0,
+// lifetime_watcher.go, the version Vault 1.21 builds with) renews at two
+// thirds of the lease plus a third of a 10-20% grace, and lets go once a
+// renewal would land it in the grace. It returns when the watcher lets go.
+type vaultRenewer struct {
+	t         *testing.T
+	e         *testEnv
+	secret    *logical.Secret
+	issued    time.Time
+	increment time.Duration
+	rng       *rand.Rand
+	renewals  int
+	// leaseEnds are the lease's ends after each renewal.
+	leaseEnds []time.Time
+	warnings  []string
+}
+
+func (r *vaultRenewer) renew() (time.Duration, error) {
+	s := *r.secret
+	s.IssueTime = r.issued
+	s.Increment = r.increment
+	resp, err := r.e.b.HandleRequest(r.t.Context(), &logical.Request{Operation: logical.RenewOperation, Secret: &s, Storage: r.e.view, MountPoint: testMount})
+	if err != nil {
+		return 0, err
+	}
+	if resp.IsError() {
+		return 0, resp.Error()
+	}
+	r.warnings = append(r.warnings, resp.Warnings...)
+	ttl := resp.Secret.TTL
+	if r.increment > 0 {
+		ttl = r.increment
+	}
+	if limit := r.issued.Add(resp.Secret.MaxTTL).Sub(r.e.clock.Now()); ttl > limit {
+		ttl = limit
+	}
+	if ttl <= 0 {
+		return 0, errors.New("past the max TTL, cannot renew")
+	}
+	r.secret = resp.Secret
+	r.renewals++
+	r.leaseEnds = append(r.leaseEnds, r.e.clock.Now().Add(ttl))
+	return ttl.Truncate(time.Second), nil
+}
+
+func (r *vaultRenewer) grace(lease time.Duration) time.Duration {
+	jitterMax := time.Duration(0.1 * float64(lease))
+	return jitterMax + time.Duration(r.rng.Int63n(int64(jitterMax)))
+}
+
+// run renews until the watcher lets go, and returns how many renewals
+// failed on the way.
+func (r *vaultRenewer) run() (failed int) {
+	initial := r.secret.TTL.Truncate(time.Second)
+	prior := initial
+	grace := r.grace(prior)
+	initialTime := r.e.clock.Now()
+	for i := 0; i < 10000; i++ {
+		remaining, err := r.renew()
+		if err != nil {
+			failed++
+			remaining = initialTime.Add(initial).Sub(r.e.clock.Now())
+			if remaining <= grace || remaining-10*time.Second <= grace {
+				return failed
+			}
+			r.e.clock.Advance(10 * time.Second)
+			continue
+		}
+		initial, initialTime = remaining, r.e.clock.Now()
+		if remaining > prior {
+			grace = r.grace(remaining)
+		}
+		sleep := remaining*2/3 + grace/3
+		prior = remaining
+		if remaining <= grace || remaining-sleep <= grace {
+			return failed
+		}
+		r.e.clock.Advance(sleep)
+	}
+	r.t.Fatal("the renewer never let go")
+	return failed
+}
+
+// A renewable creds lease keeps one answer alive through Vault's renewer for
+// as long as the token has at least min_ttl left, is never extended past half
+// of min_ttl before the token expires, and is let go of only after the
+// token's usable end, so that the read that follows gets the next token: one
+// read per token for Vault Proxy, and a new token in time for Vault Agent,
+// from whatever point of the token's life the lease was read.
+func TestRenewableLeaseFollowsVaultsRenewer(t *testing.T) {
+	for _, minTTL := range []time.Duration{6 * time.Second, 7 * time.Second, 10 * time.Second, 10 * time.Minute} {
+		for seed := int64(1); seed <= 40; seed++ {
+			e := newTestEnv(t, fakeermeo.Options{})
+			e.configure()
+			e.createAccount("app", map[string]any{"min_ttl": minTTL.String()})
+			first := e.creds("app")
+			expires := e.stored("app").AccessTokenExpiresAt
+			rng := rand.New(rand.NewSource(seed))
+			// Read at a random point of the token's renewable life, or
+			// (the first seeds) at its very end.
+			span := expires.Sub(e.clock.Now()) - minTTL - renewableWindow
+			offset := time.Duration(rng.Int63n(int64(span)))
+			if seed <= 3 {
+				offset = span - time.Duration(seed-1)*300*time.Millisecond
+			}
+			e.clock.Advance(offset)
+			read := e.creds("app")
+			if read.Data["access_token"] != first.Data["access_token"] || !read.Secret.Renewable {
+				t.Fatalf("min_ttl %v seed %d: want the same token under a renewable lease, got %+v", minTTL, seed, read.Secret)
+			}
+			r := &vaultRenewer{t: t, e: e, secret: read.Secret, issued: e.clock.Now(), rng: rng}
+			if failed := r.run(); failed != 0 {
+				t.Errorf("min_ttl %v seed %d: %d renewals failed (Vault's renewer retries failures)", minTTL, seed, failed)
+			}
+			letGo := e.clock.Now()
+			usableEnd := expires.Add(-minTTL)
+			if !letGo.After(usableEnd) {
+				t.Errorf("min_ttl %v seed %d: the renewer let go %v before the usable end: the next read gets the same token again", minTTL, seed, usableEnd.Sub(letGo))
+			}
+			for i, end := range r.leaseEnds {
+				if left := expires.Sub(end); left < minTTL/2 {
+					t.Errorf("min_ttl %v seed %d: renewal %d extended the lease to %v before the token expires, less than half of min_ttl", minTTL, seed, i+1, left)
+				}
+			}
+			next := e.creds("app")
+			if next.Data["access_token"] == first.Data["access_token"] {
+				t.Errorf("min_ttl %v seed %d: the read after the renewer let go got the old token", minTTL, seed)
+			}
+			if !next.Secret.Renewable {
+				t.Errorf("min_ttl %v seed %d: the next token's lease is not renewable", minTTL, seed)
+			}
+		}
+	}
+}
+
+// vault lease renew extends a creds lease, even with -increment, never past
+// half of min_ttl before the token expires, and says so; at that end it
+// fails, naming what to do.
+func TestLeaseRenewNeverPassesTheTokensLeaseLife(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", map[string]any{"min_ttl": "10m"})
+	read := e.creds("app")
+	expires := e.stored("app").AccessTokenExpiresAt
+	r := &vaultRenewer{t: t, e: e, secret: read.Secret, issued: e.clock.Now(), increment: 24 * time.Hour}
+	if _, err := r.renew(); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	if got, want := r.leaseEnds[0], expires.Add(-5*time.Minute); got.After(want) || got.Before(want.Add(-time.Second)) {
+		t.Errorf("renew -increment=24h: lease ends %v before expiry, want 5m (half of min_ttl)", expires.Sub(got))
+	}
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "never past it") {
+		t.Errorf("renew -increment=24h: want a warning saying where the lease stops, got %q", r.warnings)
+	}
+	r.increment = 0
+	e.clock.Advance(2*time.Hour - 5*time.Minute)
+	_, err := r.renew()
+	if err == nil || !strings.Contains(err.Error(), "creds/app again") {
+		t.Errorf("renew at the lease's end: want an error naming creds/app, got %v", err)
+	}
+}
+
+// After the account's token is replaced, a renewal of the old token's lease
+// lasts one second, with a warning, so that Vault's renewer lets go at once
+// and the next read gets the current token.
+func TestLeaseOfAReplacedTokenLetsGoAtOnce(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	read := e.creds("app")
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	r := &vaultRenewer{t: t, e: e, secret: read.Secret, issued: e.clock.Now(), rng: rand.New(rand.NewSource(1))}
+	before := e.clock.Now()
+	if failed := r.run(); failed != 0 || r.renewals != 1 {
+		t.Errorf("want one renewal and no failure, got %d renewals and %d failures", r.renewals, failed)
+	}
+	if !e.clock.Now().Equal(before) {
+		t.Errorf("the renewer held the replaced token for %v", e.clock.Now().Sub(before))
+	}
+	if !strings.Contains(strings.Join(r.warnings, "\n"), "was replaced") {
+		t.Errorf("want a warning that the token was replaced, got %q", r.warnings)
+	}
+	if e.creds("app").Data["access_token"] == read.Data["access_token"] {
+		t.Errorf("the next read got the replaced token")
 	}
 }

@@ -224,14 +224,29 @@ func TestWholePath(t *testing.T) {
 	if first.Data["token_type"] != "Bearer" {
 		t.Errorf("token_type = %v", first.Data["token_type"])
 	}
-	if first.LeaseID == "" || first.Renewable {
-		t.Errorf("want a non-renewable lease, got lease %q renewable %v", first.LeaseID, first.Renewable)
+	if first.LeaseID == "" || !first.Renewable {
+		t.Errorf("want a renewable lease, got lease %q renewable %v", first.LeaseID, first.Renewable)
 	}
 	expiresIn, _ := first.Data["expires_in"].(json.Number).Int64()
-	if first.LeaseDuration <= 0 || int64(first.LeaseDuration) >= expiresIn {
-		t.Errorf("lease of %ds must end before the token (expires in %ds)", first.LeaseDuration, expiresIn)
+	minTTL, _ := cfg.Data["default_min_ttl"].(json.Number).Int64()
+	if int64(first.LeaseDuration) != minTTL/2 {
+		t.Errorf("lease of %ds: want half of min_ttl (%ds)", first.LeaseDuration, minTTL)
 	}
 	t.Logf("creds/app: token of %d chars, expires_in %ds, lease %ds", len(tok), expiresIn, first.LeaseDuration)
+	// vault lease renew extends it by the same step, which Vault does not
+	// cut short; asked for a day, it stops half of min_ttl before the token
+	// expires, and says so.
+	if renewed, err := e.c.Sys().Renew(first.LeaseID, 0); err != nil || renewed.LeaseDuration != first.LeaseDuration {
+		t.Errorf("vault lease renew: want a lease of %ds again, got %+v, %v", first.LeaseDuration, renewed, err)
+	}
+	renewed, err := e.c.Sys().Renew(first.LeaseID, 86400)
+	if err != nil || renewed == nil || int64(renewed.LeaseDuration) > expiresIn-minTTL/2 || renewed.LeaseDuration <= first.LeaseDuration {
+		t.Errorf("vault lease renew -increment=24h: want a lease up to %ds, got %+v, %v", expiresIn-minTTL/2, renewed, err)
+	} else if !strings.Contains(strings.Join(renewed.Warnings, " "), "never past it") {
+		t.Errorf("vault lease renew -increment=24h: want a warning saying where it stops, got %v", renewed.Warnings)
+	} else {
+		t.Logf("vault lease renew -increment=24h: lease %ds, warnings %q", renewed.LeaseDuration, renewed.Warnings)
+	}
 
 	// A second read returns the same token without calling Ermeo.
 	before := e.fake.Counters()
