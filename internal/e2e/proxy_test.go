@@ -22,9 +22,18 @@ import (
 // Short tokens, so that several generations pass in well under a minute:
 // the plugin hands a token out until it has min_ttl left, so a generation
 // lasts about proxyTokenTTL - proxyMinTTL.
+//
+// min_ttl is 6 s rather than 4 s because of how Vault Proxy renews a cached
+// lease (the api package's LifetimeWatcher): it gives up on a lease once a
+// renewal returns a TTL of at most about 4 times its grace, which is 10 to
+// 20% of the lease it first saw; and Vault's TTLs are whole seconds. A lease
+// schedule that keeps one cached answer per token and still hands it out
+// with at least min_ttl/2 left needs a lease of at least 2.5 s (so that a
+// 1 s renewal ends it) and at most about 0.65 x min_ttl: no whole-second
+// lease fits a min_ttl of 4 s. With 6 s, a lease of 3 s does.
 const (
 	proxyTokenTTL = 12 * time.Second
-	proxyMinTTL   = 4 * time.Second
+	proxyMinTTL   = 6 * time.Second
 	proxyReaders  = 50
 	proxyWindow   = 3 * proxyTokenTTL
 	// proxyPause is each reader's pause between two reads: an application
@@ -184,10 +193,16 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	st.generations = len(gens)
 	st.refreshes = e.fake.Counters().Grants["refresh_token"]["success"]
 	st.renewals, st.renewalsFailed = audit.renewalCounts()
+	if keep := os.Getenv("ERMEO_PROXY_LOG"); keep != "" {
+		// The proxy's trace log outlives the test's temporary directory.
+		if err := os.WriteFile(keep, []byte(proxy.log()), 0o600); err != nil {
+			t.Errorf("ERMEO_PROXY_LOG: %v", err)
+		}
+	}
 	pl := parseProxyLog(proxy.log(), credsPath)
 	st.evictions = pl.count("evict")
 
-	fmt.Print(proxyReport(t.Name(), gens, audit, pl, leases, st, renewalRefusal(vault.Log(), prefix)))
+	fmt.Print(proxyReport(t.Name(), gens, audit, pl, leases, st, renewalRefusal(vault.Log(), prefix, started)))
 
 	if st.failed > 0 {
 		t.Errorf("%d reads through the proxy failed; the first: %s", st.failed, st.firstFailure)
@@ -578,7 +593,7 @@ func (a *proxyAudit) renewalCounts() (all, failed int) {
 // proxyEvent is one line of the proxy's trace log about the cached creds.
 type proxyEvent struct {
 	at   time.Time
-	kind string // "store", "renewed", "renew-failed", "halted", "evict", "pass-through"
+	kind string // "forward", "store", "renewed", "renew-failed", "halted", "evict", "pass-through"
 	line string
 }
 
@@ -598,6 +613,7 @@ func (p *proxyLog) count(kind string) int {
 // (command/agentproxyshared/cache/lease_cache.go, Vault 1.21) that say what
 // it did with a cached lease.
 var proxyLogKinds = []struct{ msg, kind string }{
+	{"forwarding request from cache", "forward"},
 	{"storing dynamic secret response into the cache", "store"},
 	{"pass-through response; secret not renewable", "pass-through"},
 	{"cache.leasecache: secret renewed", "renewed"},
@@ -771,10 +787,15 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 		}
 	}
 	nG := max(st.generations, 1)
-	fmt.Fprintf(&b, "reads: %d served (%d cache hits, %d misses), %d failed; renewals: %d (%d refused); proxy evictions: %d, renewals halted with no error: %d, failed-renewal lines in its log: %d; refreshes at the fake: %d\n",
-		st.served, st.hits, st.served-st.hits, st.failed, st.renewals, st.renewalsFailed, st.evictions, pl.count("halted"), pl.count("renew-failed"), st.refreshes)
+	fmt.Fprintf(&b, "reads: %d served (%d cache hits, %d misses), %d failed; renewals: %d (%d refused); refreshes at the fake: %d\n",
+		st.served, st.hits, st.served-st.hits, st.failed, st.renewals, st.renewalsFailed, st.refreshes)
+	fmt.Fprintf(&b, "proxy's log: %d creds requests forwarded to Vault, %d answers stored, %d evictions, %d renewals halted with no error, %d failed-renewal lines\n",
+		pl.count("forward"), pl.count("store"), st.evictions, pl.count("halted"), pl.count("renew-failed"))
+	if extra := pl.count("forward") - st.evictions - 1; extra > 0 {
+		fmt.Fprintf(&b, "proxy: %d requests forwarded beyond one per eviction: concurrent misses it did not coalesce\n", extra)
+	}
 	if refusal != "" {
-		fmt.Fprintf(&b, "the plugin's refusal (vault's log): %s\n", refusal)
+		fmt.Fprintf(&b, "first refused renewal in vault's log: %s\n", refusal)
 	}
 	if st.staleExpiresIn > 0 {
 		fmt.Fprintf(&b, "expires_in: %d answers (cache hits) said more than a second more than expires_at, up to %.1fs: a cached answer keeps the expires_in of when the plugin answered\n",
@@ -787,11 +808,17 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 	return b.String()
 }
 
-// renewalRefusal is the plugin's first refusal of a renewal of a lease under
-// prefix, as Vault's log has it, or "".
-func renewalRefusal(log, prefix string) string {
+// renewalRefusal is Vault's first error line about a renewal of a lease
+// under prefix, from since on: the plugin's message if it was the plugin's
+// refusal, or "".
+func renewalRefusal(log, prefix string, since time.Time) string {
 	for _, line := range strings.Split(log, "\n") {
-		if !strings.Contains(line, "lease renewal failed: lease_id="+prefix) {
+		if !strings.Contains(line, "[ERROR]") || !strings.Contains(line, "renew") || !strings.Contains(line, prefix) {
+			continue
+		}
+		if m := agentLogTime.FindStringSubmatch(line); m == nil {
+			continue
+		} else if at, err := time.Parse(time.RFC3339Nano, m[1]); err != nil || at.Before(since) {
 			continue
 		}
 		const key = `\"error\":\"`
@@ -800,8 +827,12 @@ func renewalRefusal(log, prefix string) string {
 			if j := strings.Index(msg, `\"`); j >= 0 {
 				msg = msg[:j]
 			}
-			return msg
+			return "the plugin: " + msg
 		}
+		if i := strings.Index(line, "[ERROR]"); i >= 0 {
+			line = line[i:]
+		}
+		return truncateLine(line, 300)
 	}
 	return ""
 }
