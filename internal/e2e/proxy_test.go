@@ -216,11 +216,17 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	if st.generations < int(proxyWindow/proxyTokenTTL) {
 		t.Errorf("the readers saw %d token generations in %s of %s tokens", st.generations, elapsed.Round(time.Second), proxyTokenTTL)
 	}
+	// Why there were more: the plugin's leases made the proxy drop its
+	// answer more than once per token (evictions), or the proxy sent
+	// concurrent misses to Vault instead of one (forwards beyond one per
+	// eviction), which no lease can prevent.
+	cause := fmt.Sprintf("the proxy evicted its answer %d times, refused renewals: %d, requests forwarded beyond one per eviction: %d",
+		st.evictions, st.renewalsFailed, max(0, pl.count("forward")-st.evictions-1))
 	if st.pluginReads > 2*st.generations {
-		t.Errorf("%d creds reads reached the plugin for %d generations: more than 2 per generation", st.pluginReads, st.generations)
+		t.Errorf("%d creds reads reached the plugin for %d generations: more than 2 per generation (%s)", st.pluginReads, st.generations, cause)
 	}
 	if st.leases > 2*st.generations {
-		t.Errorf("Vault created %d leases for %d generations: more than 2 per generation", st.leases, st.generations)
+		t.Errorf("Vault created %d leases for %d generations: more than 2 per generation (%s)", st.leases, st.generations, cause)
 	}
 }
 
