@@ -348,6 +348,18 @@ func (s *Server) AccessTokenValid(tok string) bool {
 	return at != nil && !s.opts.Now().After(at.expires)
 }
 
+// AccessTokenExpiresAt returns when tok stops being accepted (it is accepted
+// up to that instant), and whether it was issued at all.
+func (s *Server) AccessTokenExpiresAt(tok string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at := s.access[tok]
+	if at == nil {
+		return time.Time{}, false
+	}
+	return at.expires, true
+}
+
 // SetUserPassword adds a user or changes a user's password. Tokens already
 // issued stay valid.
 func (s *Server) SetUserPassword(username, password string) {

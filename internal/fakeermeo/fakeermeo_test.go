@@ -378,6 +378,12 @@ func TestExpiry(t *testing.T) {
 	at, rt1 := f.login(t)
 	_, rt2 := f.login(t)
 
+	if exp, ok := f.s.AccessTokenExpiresAt(at); !ok || !exp.Equal(f.clock.Now().Add(DefaultAccessTokenTTL)) {
+		t.Fatalf("AccessTokenExpiresAt = %v %v, want %v", exp, ok, f.clock.Now().Add(DefaultAccessTokenTTL))
+	}
+	if _, ok := f.s.AccessTokenExpiresAt("never-issued"); ok {
+		t.Fatal("AccessTokenExpiresAt of a token never issued")
+	}
 	f.clock.Advance(DefaultAccessTokenTTL)
 	if r := f.profile(t, "Bearer "+at); r.status != 200 {
 		t.Fatalf("access token at its expiry instant: %d %s", r.status, r.raw)
