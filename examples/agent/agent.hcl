@@ -4,9 +4,10 @@
 #
 # It logs in with AppRole (role_id and secret_id read from files), reads
 # ermeo/creds/app with the template ermeo-token.ctmpl, and writes the token to
-# /run/ermeo/token. The lease of creds/app is not renewable and ends min_ttl
-# before the token expires: Agent reads again at 85-95% of the lease and
-# rewrites the file when it gets a new token. See README.md in this folder.
+# /run/ermeo/token. Write the account with lease=false: with the renewable
+# lease of creds/app, Agent drops the answer that carries the next token and
+# leaves an expired one in the file (README.md in this folder says why); with
+# lease=false it reads again when the token has just under min_ttl left.
 
 vault {
   address = "https://vault.example.com:8200"
