@@ -4,10 +4,11 @@
 #
 # It logs in with AppRole (role_id and secret_id read from files), reads
 # ermeo/creds/app with the template ermeo-token.ctmpl, and writes the token to
-# /run/ermeo/token. Write the account with lease=false: with the renewable
-# lease of creds/app, Agent drops the answer that carries the next token and
-# leaves an expired one in the file (README.md in this folder says why); with
-# lease=false it reads again when the token has just under min_ttl left.
+# /run/ermeo/token. The lease of creds/app is renewable by half of min_ttl at
+# a time, up to half of min_ttl before the token expires: Agent renews it, and
+# once a renewal comes back short (only after the token has less than min_ttl
+# left) it reads again, which refreshes the chain, and rewrites the file. See
+# README.md in this folder.
 
 vault {
   address = "https://vault.example.com:8200"
