@@ -68,7 +68,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"default_lease": {
 				Type:        framework.TypeBool,
-				Description: "Default for accounts' lease: whether creds/<name> answers with a lease (non-renewable, ending min_ttl before the token does), or, with false, with no lease but a ttl field. An account's own lease setting wins.",
+				Description: "Default for accounts' lease: whether creds/<name> answers with a lease (renewable by half of min_ttl, never past half of min_ttl before the token expires), or, with false, with no lease but a ttl field. An account's own lease setting wins.",
 				Default:     true,
 			},
 			"default_rotation_period": {

@@ -26,7 +26,7 @@ func pathCreds(b *backend) []*framework.Path {
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:  withAccountName(b.pathCredsRead),
-				Summary:   "An access token of the account with at least min_ttl of life left, under a non-renewable lease that ends before the token does.",
+				Summary:   "An access token of the account with at least min_ttl of life left, under a lease renewable by half of min_ttl, never past half of min_ttl before the token expires.",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: credsResponseFields}}},
 			},
 		},
@@ -368,11 +368,18 @@ A token with at least the account's min_ttl of life left is returned as it is,
 without calling Ermeo. Otherwise the account's refresh chain is rotated first,
 under the account's lock: many readers at once cause one refresh.
 
-The token comes with a non-renewable lease that ends min_ttl before the token
-expires, so that Vault Agent reads again in time for a fresh token. Revoking
-the lease does nothing at Ermeo (Ermeo has no revocation): the token stays
-valid until it expires. For an account written with lease=false there is no
-lease; a ttl field says when to read again, as with Vault's static credentials.
+The token comes with a lease of half of min_ttl, renewable by that step up to
+half of min_ttl before the token expires and never past it; renewals come back
+shorter only once the token is past its usable end (min_ttl before it
+expires), so that Vault Agent and Vault Proxy, which renew the lease and read
+again once a renewal comes back short, read again when the next read
+refreshes: Proxy caches one answer per token. A read in the last 2 seconds
+before the usable end, or of a token with less than min_ttl left, gets a
+non-renewable lease of half the token's remaining life. A renewal of a lease
+whose token was replaced lasts one second, with a warning. Revoking the lease
+does nothing at Ermeo (Ermeo has no revocation): the token stays valid until
+it expires. For an account written with lease=false there is no lease; a ttl
+field says when to read again, as with Vault's static credentials.
 
 If a refresh fails while the current token is still valid, that token is
 served with a warning. If the account's chain is gone, the error says which
