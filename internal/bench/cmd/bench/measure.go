@@ -115,6 +115,9 @@ func (e *env) readPath(ctx context.Context) error {
 			if r.Ops == 0 {
 				return fmt.Errorf("read %s: no read succeeded: %v", t.path, r.FirstErr)
 			}
+			if t.path == "ermeo/creds/app" {
+				e.direct[workers] = *r
+			}
 			p50Ratio := float64(r.P(0.5)) / float64(floor.P(0.5))
 			rpsRatio := r.PerSecond() / floor.PerSecond()
 			e.table.Row(fmt.Sprint(workers), t.path, t.mode, fmt.Sprintf("%.0f", r.PerSecond()),
@@ -178,7 +181,7 @@ func signedMB(b float64) string { return fmt.Sprintf("%+.1f MB", b/(1<<20)) }
 
 // leasedPrefixes are the lease prefixes of the leased reads of the run, each
 // under one path: sys/leases/lookup lists their leases.
-var leasedPrefixes = []string{"null/creds/x/", "ermeo/creds/app/", "ermeo-short/creds/coal/"}
+var leasedPrefixes = []string{"null/creds/x/", "ermeo/creds/app/", "ermeo-short/creds/coal/", "ermeo-short/creds/" + proxyAccount + "/"}
 
 // countLeases returns the number of live leases under prefix (which ends
 // in "/" and holds leases, not further prefixes).
@@ -199,7 +202,7 @@ func (e *env) countLeases(ctx context.Context, prefix string) (int, error) {
 // vault_expire_num_leases gauge, which also counts the scale step's leases,
 // one prefix per account).
 func (e *env) leasesLeft(ctx context.Context) error {
-	e.table.Section("5. Leases the run left live: Vault keeps each in storage and in memory until it expires (null's after 1 h, creds' at the token's usable end), then revokes it",
+	e.table.Section("6. Leases the run left live: Vault keeps each in storage and in memory until it expires (null's after 1 h, creds' at the token's usable end), then revokes it",
 		"lease prefix", "live leases")
 	for _, p := range leasedPrefixes {
 		n, err := e.countLeases(ctx, p)
