@@ -163,15 +163,31 @@ const (
 	// failWrite returns storage's error: nothing changed.
 	failWrite writeMode = iota
 	// keepUnsaved is for a refreshed pair that Ermeo already issued: the
-	// write is tried a few times, then the pair is kept in memory (served,
-	// and written again at the next chance) and put returns nil, so that a
-	// failed write never drops a refresh token.
+	// write is tried again for up to the store's persistFor, then the pair
+	// is kept in memory (served, and written again at the next chance) and
+	// put returns nil, so that a failed write never drops a refresh token.
 	keepUnsaved
 )
 
-// persistAttempts is how many times put tries to store a refreshed pair
-// before it keeps it in memory instead.
+// persistAttempts is the least number of times put tries to store a
+// refreshed pair before it keeps it in memory instead.
 const persistAttempts = 3
+
+// defaultPersistFor is how long put keeps trying to store a refreshed pair
+// that storage refuses, within the request that got it, before keeping it in
+// memory. On integrated storage (Raft) a refused write is, almost always, a
+// Raft log write that failed (a full disk): the node steps down at once, and
+// Vault's step-down tears down every mount, this plugin process included,
+// and with it anything held in memory. But the step-down first waits for the
+// requests in flight (up to Vault's DefaultMaxRequestDuration, 90 s), and
+// Raft elects the node again as soon as it can write; a write tried again
+// within the request is stored if the space comes back meanwhile, where a
+// pair only in memory dies with the process. Measured by the e2e test
+// TestFullDisk.
+const defaultPersistFor = 30 * time.Second
+
+// persistPause is the longest pause between two attempts to store a pair.
+const persistPause = time.Second
 
 // retryDelay is when an account whose state could not be read is looked at again.
 const retryDelay = time.Minute
@@ -202,16 +218,21 @@ type accountStore struct {
 	now    func() time.Time
 	config func() *configEntry // the cached config, for config's defaults; nil if none
 	logger func() hclog.Logger
+	// persistFor is how long (real time) put tries to store a refreshed
+	// pair before keeping it in memory (defaultPersistFor; 0: persistAttempts
+	// attempts without a pause).
+	persistFor time.Duration
 }
 
 func newAccountStore(now func() time.Time, config func() *configEntry, logger func() hclog.Logger) *accountStore {
 	return &accountStore{
-		locks:   locksutil.CreateLocks(),
-		unsaved: map[string]*accountEntry{},
-		queue:   queue.New(),
-		now:     now,
-		config:  config,
-		logger:  logger,
+		locks:      locksutil.CreateLocks(),
+		unsaved:    map[string]*accountEntry{},
+		queue:      queue.New(),
+		now:        now,
+		config:     config,
+		logger:     logger,
+		persistFor: defaultPersistFor,
 	}
 }
 
@@ -262,18 +283,12 @@ func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name s
 // put writes an account: storage first, then the cache, the overlay and the
 // schedule, so that all four agree. Called with the account's lock held.
 func (s *accountStore) put(ctx context.Context, st logical.Storage, name string, a *accountEntry, mode writeMode) error {
-	attempts := 1
-	if mode == keepUnsaved {
-		attempts = persistAttempts
-	}
-	var err error
-	for i := 0; i < attempts; i++ {
-		if err = saveAccount(ctx, st, name, a); err == nil {
-			break
-		}
-	}
+	err := saveAccount(ctx, st, name, a)
 	if err != nil && mode == failWrite {
 		return err
+	}
+	if err != nil {
+		err = s.persist(ctx, st, name, a, err)
 	}
 	c := a.clone()
 	s.unsavedMu.Lock()
@@ -291,6 +306,29 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 	}
 	s.schedule(name, a)
 	return nil
+}
+
+// persist tries again to store a refreshed pair whose first write failed
+// with err: at least persistAttempts attempts in all, and for up to
+// persistFor, with pauses growing to persistPause. It returns the last
+// error, or nil once the pair is stored.
+func (s *accountStore) persist(ctx context.Context, st logical.Storage, name string, a *accountEntry, err error) error {
+	start := time.Now()
+	s.logger().Warn("storage refused a refreshed token pair; trying again", "account", name, "generation", a.Generation,
+		"for", s.persistFor, "error", err)
+	pause := 50 * time.Millisecond
+	for attempt := 2; attempt <= persistAttempts || time.Since(start) < s.persistFor; attempt++ {
+		if s.persistFor > 0 {
+			time.Sleep(min(pause, persistPause))
+			pause *= 2
+		}
+		if err = saveAccount(ctx, st, name, a); err == nil {
+			s.logger().Info("stored the refreshed token pair", "account", name, "generation", a.Generation,
+				"attempts", attempt, "after", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+	}
+	return err
 }
 
 // remove forgets an account everywhere. Called with its lock held.

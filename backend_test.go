@@ -63,6 +63,7 @@ func newTestEnv(t testing.TB, opts fakeermeo.Options) *testEnv {
 	storage := &logical.InmemStorage{}
 	conf.StorageView = storage
 	b := newBackend(clock.Now, srv.Client())
+	b.store.persistFor = 0 // a refused pair is kept in memory at once (TestPairWriteIsTriedAgain sets its own)
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +82,7 @@ func (e *testEnv) restart() *backend {
 	conf.System = e.system
 	conf.StorageView = e.view
 	b := newBackend(e.clock.Now, e.http)
+	b.store.persistFor = e.b.store.persistFor
 	if err := b.Setup(context.Background(), conf); err != nil {
 		e.t.Fatal(err)
 	}

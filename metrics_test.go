@@ -38,6 +38,7 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 	conf := logical.TestBackendConfig()
 	conf.System, conf.StorageView, conf.EventsSender = e.system, e.view, events
 	e.b = newBackend(e.clock.Now, e.http)
+	e.b.store.persistFor = 0
 	if err := e.b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}

@@ -261,6 +261,7 @@ func newOperatorHarness(t *testing.T, seq int, seed int64, ca string) *opHarness
 	storage := &logical.InmemStorage{}
 	conf.StorageView = storage
 	b := newBackend(clock.Now, client)
+	b.store.persistFor = 0
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}

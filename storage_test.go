@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
 // testStorage is the one storage wrapper of this package's tests. Around the
@@ -233,5 +235,74 @@ func TestTestStorageDecidesFaultsOnTheDecodedEntry(t *testing.T) {
 	}
 	if got := [...]int64{s.gets.Load(), s.puts.Load(), s.lists.Load(), s.deletes.Load()}; got != [...]int64{1, 1, 1, 1} {
 		t.Errorf("counts when dead (gets, puts, lists, deletes) = %v", got)
+	}
+}
+
+// A refreshed pair that storage refuses is tried again within the request,
+// for up to persistFor: on Raft a refused write is a node stepping down,
+// which tears the plugin process down once the request ends, so a pair
+// stored by a later attempt is one that a pair kept in memory would not be.
+func TestPairWriteIsTriedAgainUntilStorageTakesIt(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configureUnchecked()
+	e.createAccount("app", nil)
+	e.b.store.persistFor = 5 * time.Second
+	storage := e.wrapStorage()
+	var refused atomic.Int64
+	storage.failPuts(func(w storageWrite) bool {
+		return w.account == "app" && w.pairWrite() && refused.Add(1) <= 4
+	})
+	e.clock.Advance(2 * time.Hour)
+	start := time.Now()
+	tok := e.creds("app").Data["access_token"].(string)
+	took := time.Since(start)
+	if refused.Load() != 5 {
+		t.Fatalf("%d pair writes, want 4 refused and the 5th stored", refused.Load())
+	}
+	if took > 4*time.Second {
+		t.Errorf("the pair was stored after %v: the pauses are too long", took)
+	}
+	if !e.fake.AccessTokenValid(tok) {
+		t.Fatal("served token not valid")
+	}
+	issued := e.fake.IssuedRefreshTokens()
+	if a := e.stored("app"); a.RefreshToken != issued[len(issued)-1] || a.RotationIntent != nil {
+		t.Errorf("storage does not hold the new pair (intent %v)", a.RotationIntent)
+	}
+	if e.b.store.hasUnsaved("app") {
+		t.Error("a stored pair is still held in memory")
+	}
+	// A new process (the one Vault starts after a step-down) has the chain.
+	e.restart()
+	e.clock.Advance(2 * time.Hour)
+	e.creds("app")
+	e.assertNoTokenUsedTwice()
+	if c := e.fake.Counters(); c.Grants["refresh_token"]["success"] != 2 || c.LiveRefreshTokens != 1 {
+		t.Errorf("after a restart: %+v", c)
+	}
+}
+
+// Storage that refuses the pair for longer than persistFor: the pair is kept
+// in memory, and the request is answered, after about persistFor.
+func TestPairRefusedForLongerThanPersistForIsKeptInMemory(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configureUnchecked()
+	e.createAccount("app", nil)
+	e.b.store.persistFor = 300 * time.Millisecond
+	storage := e.wrapStorage()
+	storage.failPuts(func(w storageWrite) bool { return w.account == "app" && w.pairWrite() })
+	e.clock.Advance(2 * time.Hour)
+	start := time.Now()
+	tok := e.creds("app").Data["access_token"].(string)
+	if took := time.Since(start); took < 300*time.Millisecond || took > 3*time.Second {
+		t.Errorf("answered after %v, want about persistFor (300ms)", took)
+	}
+	if !e.fake.AccessTokenValid(tok) || !e.b.store.hasUnsaved("app") {
+		t.Fatalf("want the new pair served and kept in memory")
+	}
+	storage.failPuts(nil)
+	e.b.store.flush(t.Context(), storage)
+	if e.b.store.hasUnsaved("app") || e.stored("app").RotationIntent != nil {
+		t.Error("the flush did not store the pair")
 	}
 }

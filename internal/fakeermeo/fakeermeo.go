@@ -106,6 +106,12 @@ type Options struct {
 	AccessTokenTTL time.Duration
 	// RefreshTokenTTL is the refresh token lifetime; default 14 days.
 	RefreshTokenTTL time.Duration
+	// AccessTokenBytes is the length of the access tokens issued; default
+	// 86, as Ermeo's. A larger one (a JWT can be several KB) makes each
+	// stored account entry, and each storage write of a refresh, span
+	// several storage pages (the full-disk test needs writes that cannot
+	// fit in pages a database has freed).
+	AccessTokenBytes int
 	// Now is the clock for token lifetimes; default time.Now.
 	Now func() time.Time
 	// RefuseJSON makes the fake ignore JSON bodies, like the stock library:
@@ -674,7 +680,7 @@ func (s *Server) commitLocked(g checked) answer {
 }
 
 func (s *Server) issueLocked(clientID, username, scope string, now time.Time) answer {
-	at, rt := newToken(), newToken()
+	at, rt := newTokenOf(s.opts.AccessTokenBytes), newToken()
 	s.access[at] = &accessToken{clientID, username, now.Add(s.opts.AccessTokenTTL)}
 	s.refresh[rt] = &refreshToken{clientID: clientID, username: username, expires: now.Add(s.opts.RefreshTokenTTL)}
 	s.accessIssued = append(s.accessIssued, at)
@@ -741,9 +747,17 @@ func (s *Server) notProcessed(params map[string]string, kind FaultKind) {
 
 const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
+// tokenBytes is the length of the tokens Ermeo issues.
+const tokenBytes = 86
+
 // newToken returns 86 crypto-random ASCII letters and digits.
-func newToken() string {
-	const n = 86
+func newToken() string { return newTokenOf(tokenBytes) }
+
+// newTokenOf returns n crypto-random ASCII letters and digits (86 if n <= 0).
+func newTokenOf(n int) string {
+	if n <= 0 {
+		n = tokenBytes
+	}
 	out := make([]byte, 0, n)
 	buf := make([]byte, 2*n)
 	for len(out) < n {

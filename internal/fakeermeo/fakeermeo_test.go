@@ -324,6 +324,17 @@ func TestTokenShape(t *testing.T) {
 	if r := f.tokenJSON(t, passwordFields()); !bytes.Contains(r.raw, []byte(`"expires_in":60,`)) {
 		t.Fatalf("expires_in with a 1-minute TTL: %s", r.raw)
 	}
+
+	// AccessTokenBytes: a long access token, valid as any other; the
+	// refresh token keeps Ermeo's shape.
+	f = newFixture(t, Options{AccessTokenBytes: 16 << 10})
+	r := f.tokenJSON(t, passwordFields())
+	if at := r.str("access_token"); len(at) != 16<<10 || strings.Trim(at, tokenAlphabet) != "" || !f.s.AccessTokenValid(at) {
+		t.Fatalf("access token of %d chars with AccessTokenBytes 16384", len(at))
+	}
+	if !isToken(r.str("refresh_token")) {
+		t.Fatalf("refresh token %q is not 86 letters and digits", r.str("refresh_token"))
+	}
 }
 
 func TestRefreshTokenWorksOnce(t *testing.T) {
