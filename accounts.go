@@ -313,6 +313,9 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 // persistFor, with pauses growing to persistPause. It returns the last
 // error, or nil once the pair is stored.
 func (s *accountStore) persist(ctx context.Context, st logical.Storage, name string, a *accountEntry, err error) error {
+	// The pair is worth more than the request: a reader that gives up
+	// does not stop it from being stored.
+	ctx = context.WithoutCancel(ctx)
 	start := time.Now()
 	s.logger().Warn("storage refused a refreshed token pair; trying again", "account", name, "generation", a.Generation,
 		"for", s.persistFor, "error", err)

@@ -42,7 +42,7 @@ const (
 	// fullDiskAttempts bounds the fills: a write on a full disk may still
 	// succeed in pages the database had free, and the next write is then
 	// the one refused.
-	fullDiskAttempts = 6
+	fullDiskAttempts = 16
 )
 
 var fullDiskAccounts = []string{"app", "other"}
