@@ -463,17 +463,33 @@ func (n *Node) waitAnswering(ctx context.Context) error {
 	}
 }
 
-// unseal gives the node the unseal key until it reports unsealed. A node
-// that is joining the cluster only takes the key once retry_join has reached
-// the leader, so an early attempt is retried.
+// unseal gives the node the unseal key and waits until it reports
+// unsealed. A node that is joining the cluster keeps the key until
+// retry_join has reached the leader and answers "sealed" meanwhile; the key
+// is given again only if the last attempt got no answer, or after a long
+// wait. Giving it twice to a joining node makes Vault (1.21.1) unseal it
+// twice and run two standby loops, both reading Raft's leadership
+// notifications: once that node is active, the stale loop can take the
+// "leadership lost" notification, and the node's core stays active long
+// after Raft stepped it down (seen as an isolated leader that never stepped
+// down, and never rejoined as a standby after the heal).
 func (c *Cluster) unseal(ctx context.Context, n *Node) error {
 	var last error
+	var given time.Time // when the key was last given and Vault answered
 	for {
 		if !n.Running() {
 			return c.withLog(n, errors.New("vault exited while being unsealed"))
 		}
 		uctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := n.client.Sys().UnsealWithContext(uctx, c.UnsealKey)
+		var st *api.SealStatusResponse
+		var err error
+		if given.IsZero() || time.Since(given) > unsealRetryAfter {
+			if st, err = n.client.Sys().UnsealWithContext(uctx, c.UnsealKey); err == nil {
+				given = time.Now()
+			}
+		} else {
+			st, err = n.client.Sys().SealStatusWithContext(uctx)
+		}
 		cancel()
 		if err == nil && !st.Sealed {
 			return nil
@@ -490,6 +506,10 @@ func (c *Cluster) unseal(ctx context.Context, n *Node) error {
 		}
 	}
 }
+
+// unsealRetryAfter is how long unseal waits for a node that took the key
+// before it gives the key again.
+const unsealRetryAfter = 30 * time.Second
 
 // waitActive waits until node n is the active node.
 func (c *Cluster) waitActive(ctx context.Context, n *Node) error {

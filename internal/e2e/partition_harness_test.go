@@ -466,6 +466,13 @@ func endCheck(t *testing.T, nc *nsCluster, accounts []string) (unusable int) {
 func stopAndCheck(t *testing.T, nc *nsCluster) {
 	t.Helper()
 	orphans := nc.Orphans()
+	// Each start of a node unseals it once (see Cluster.unseal).
+	for _, n := range nc.Nodes {
+		log := n.Log()
+		if starts, unseals := strings.Count(log, "==== "), strings.Count(log, "core: vault is unsealed"); unseals > starts {
+			t.Errorf("%s was unsealed %d times in %d starts: Vault then runs a standby loop per unseal", n.ID, unseals, starts)
+		}
+	}
 	nc.stop()
 	for _, n := range nc.Nodes {
 		if n.Running() {
