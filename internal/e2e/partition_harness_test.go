@@ -60,7 +60,7 @@ func startNamespacedCluster(t *testing.T, fakeOpts fakeermeo.Options, edit func(
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("ERMEO_KEEP_CLUSTER") != "" {
 			t.Logf("kept the cluster's directory (node logs in node*/vault.log): %s", work)
 			return
 		}
@@ -219,7 +219,10 @@ func (rs *nsReaders) note(node int, account string, err error, tok string, valid
 		rs.failed[node]++
 		where := "outside any fault window"
 		if w != nil {
-			if node == w.node {
+			if w.node < 0 {
+				w.failedOn++
+				where = "during an upstream fault"
+			} else if node == w.node {
 				w.failedNode++
 				where = "on the node at fault"
 			} else {
@@ -338,55 +341,83 @@ func waitNewActive(nc *nsCluster, old int, d time.Duration) (int, time.Time) {
 	return -1, time.Time{}
 }
 
-// chainAudit sorts the fake's record of refresh requests: a refresh token
+// interruption is a stretch in which a node could not store what it got
+// from Ermeo: cut off from the quorum (from the cut to the heal), or its
+// vault or plugin process killed (from and to: the kill).
+type interruption struct {
+	node     int
+	from, to time.Time
+	kind     string // "partition", "kill", "plugin kill"
+}
+
+// interruptedAfter is how long after an answer's delivery a kill still
+// explains that its pair was never stored: the pair's write takes
+// milliseconds, seconds on a loaded machine.
+const interruptedAfter = 10 * time.Second
+
+// chainAudit sorts the fake's record of refresh requests. A refresh token
 // presented again after a refresh had consumed it is explained when that
 // refresh's answer was dropped (the client could not know: it finds out),
-// or delivered to a node cut off from the cluster (which cannot store the
-// pair: the intent record, committed before, tells the new active node to
-// find out), and presented again by another node. Any other is a token used
-// twice.
+// or delivered to a node that could not store the pair: cut off from the
+// quorum when the answer came (then another node found out through the
+// intent record), or killed (vault or plugin) while the request was in
+// flight or within interruptedAfter of its answer. Any other is a token
+// used twice: the plugin sent a token whose successor it had.
 type chainAudit struct {
 	replays          int // presentations of a consumed token
 	afterDropped     int // its answer was dropped
 	afterCutOff      int // its answer reached a node cut off from the quorum
-	usedTwice        int // neither: the plugin sent a token it had replaced
+	afterKill        int // its answer reached a node killed before it could store the pair
+	usedTwice        int // none of these
 	usedTwiceSamples []string
 }
 
-// cutOff says whether node was cut off from the cluster at t.
-type cutOffFunc func(node int, t time.Time) bool
-
-func auditChains(nc *nsCluster, reqs []fakeermeo.TokenRequest, cutOff cutOffFunc) chainAudit {
+func auditChains(nc *nsCluster, reqs []fakeermeo.TokenRequest, ints []interruption) chainAudit {
 	var a chainAudit
 	consumedBy := map[string]fakeermeo.TokenRequest{}
 	for _, r := range reqs {
 		if r.GrantType != "refresh_token" || r.Presented == "" {
 			continue
 		}
-		if r.Replay {
-			a.replays++
-			by, ok := consumedBy[r.Presented]
-			from, sender := nc.nodeOfRequest(by), nc.nodeOfRequest(r)
-			switch {
-			case !ok:
-				a.usedTwice++ // consumed by a request not seen: cannot be
-			case !by.Delivered:
-				a.afterDropped++
-			case cutOff(from, by.Ended) && sender != from:
-				a.afterCutOff++
-			default:
-				a.usedTwice++
-				if len(a.usedTwiceSamples) < 5 {
-					a.usedTwiceSamples = append(a.usedTwiceSamples, fmt.Sprintf(
-						"a token consumed at %s by node%d (answer delivered at %s) presented again at %s by node%d (%s)",
-						by.Received.UTC().Format("15:04:05.000"), from+1, by.Ended.UTC().Format("15:04:05.000"),
-						r.Received.UTC().Format("15:04:05.000"), sender+1, r.Outcome))
-				}
+		if !r.Replay {
+			if r.Outcome == "success" {
+				consumedBy[r.Presented] = r
 			}
 			continue
 		}
-		if r.Outcome == "success" {
-			consumedBy[r.Presented] = r
+		a.replays++
+		by, ok := consumedBy[r.Presented]
+		from, sender := nc.nodeOfRequest(by), nc.nodeOfRequest(r)
+		why := ""
+		if ok && !by.Delivered {
+			why = "dropped"
+		}
+		for _, in := range ints {
+			if !ok || why != "" || in.node != from {
+				continue
+			}
+			switch {
+			case in.kind == "partition" && !by.Ended.Before(in.from) && !by.Ended.After(in.to) && sender != from:
+				why = "cut off"
+			case in.kind != "partition" && !in.from.Before(by.Received) && !in.from.After(by.Ended.Add(interruptedAfter)) && !in.from.After(r.Received):
+				why = "killed"
+			}
+		}
+		switch why {
+		case "dropped":
+			a.afterDropped++
+		case "cut off":
+			a.afterCutOff++
+		case "killed":
+			a.afterKill++
+		default:
+			a.usedTwice++
+			if len(a.usedTwiceSamples) < 5 {
+				a.usedTwiceSamples = append(a.usedTwiceSamples, fmt.Sprintf(
+					"a token consumed at %s by node%d (answer delivered %v at %s) presented again at %s by node%d (%s)",
+					by.Received.UTC().Format("15:04:05.000"), from+1, by.Delivered, by.Ended.UTC().Format("15:04:05.000"),
+					r.Received.UTC().Format("15:04:05.000"), sender+1, r.Outcome))
+			}
 		}
 	}
 	return a
@@ -491,4 +522,36 @@ func stopAndCheck(t *testing.T, nc *nsCluster) {
 		t.Errorf("left on the machine after Stop: %v", left)
 	}
 	fmt.Printf("nscluster: stopped; %d plugin processes left by kills were ended by Stop; namespaces, links and bridges of %s removed\n", len(orphans), nc.Net.ID)
+}
+
+// pluginLogKinds returns the plugin's warnings and errors that node logged
+// between from and to, each message (without its fields) with its count.
+func pluginLogKinds(n *Node, from, to time.Time) []string {
+	counts := map[string]int{}
+	var order []string
+	for _, line := range strings.Split(n.Log(), "\n") {
+		if len(line) < 24 || !strings.Contains(line, "secrets.vault-plugin-secrets-ermeo") ||
+			!(strings.Contains(line, "[WARN]") || strings.Contains(line, "[ERROR]")) {
+			continue
+		}
+		at, err := time.Parse("2006-01-02T15:04:05.000Z", line[:24])
+		if err != nil || at.Before(from.Add(-time.Millisecond)) || at.After(to) {
+			continue
+		}
+		msg := line[strings.LastIndex(line, "vault-plugin-secrets-ermeo: ")+len("vault-plugin-secrets-ermeo: "):]
+		if i := strings.Index(msg, ": account="); i >= 0 {
+			msg = msg[:i]
+		} else if i := strings.Index(msg, ": "); i >= 0 {
+			msg = msg[:i]
+		}
+		if counts[msg] == 0 {
+			order = append(order, msg)
+		}
+		counts[msg]++
+	}
+	var out []string
+	for _, msg := range order {
+		out = append(out, fmt.Sprintf("%d × %q", counts[msg], msg))
+	}
+	return out
 }

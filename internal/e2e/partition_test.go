@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -78,89 +79,13 @@ func TestPartitionedLeader(t *testing.T) {
 			t.Fatalf("before partition %d: %v", p+1, err)
 		}
 		time.Sleep(steadyMin + time.Duration(rng.Int63n(int64(steadyJitter))))
-		active, err := nc.Leader()
+		pt, err := partitionActive(nc, rs, rng, p == holdAt)
+		if pt != nil {
+			parts = append(parts, pt)
+		}
 		if err != nil {
-			t.Fatalf("before partition %d: %v", p+1, err)
-		}
-		pt := &partition{isolated: active, newActive: -1, activeAfter: -1}
-		parts = append(parts, pt)
-
-		var rotated sync.WaitGroup
-		if p == holdAt {
-			// A refresh whose intent record is committed, and whose answer
-			// the fake holds back once it has spent the token.
-			pt.held = clusterAccounts[rng.Intn(len(clusterAccounts))]
-			nc.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultHold, Grant: "refresh_token", Times: 1})
-			rotated.Add(1)
-			go func() {
-				defer rotated.Done()
-				_, err := nc.Client(active).Logical().Write(nc.Mount+"/accounts/"+pt.held+"/rotate", nil)
-				pt.rotateErr = err
-			}()
-			deadline := time.Now().Add(15 * time.Second)
-			for nc.fake.Held() == 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if nc.fake.Held() == 0 {
-				t.Fatalf("partition %d: no refresh reached the fake to be held", p+1)
-			}
-		}
-
-		pt.w = rs.begin(active)
-		pt.cutAt = pt.w.start
-		if err := nc.Partition(active, false); err != nil {
 			t.Fatalf("partition %d: %v", p+1, err)
 		}
-		release := releaseMin + time.Duration(rng.Int63n(int64(releaseJitter)))
-		length := partitionMin + time.Duration(rng.Int63n(int64(partitionJitter)))
-		if pt.held != "" {
-			time.AfterFunc(release, func() {
-				nc.fake.ReleaseHeld()
-			})
-			pt.releasedAt = release
-		}
-
-		// The isolated node steps down; the majority elects a new leader.
-		var watched sync.WaitGroup
-		watched.Add(1)
-		go func() {
-			defer watched.Done()
-			for time.Since(pt.cutAt) < partitionTimeout {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				still := nc.isActive(ctx, nc.Nodes[active])
-				cancel()
-				if !still {
-					pt.steppedDown = time.Since(pt.cutAt)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-		var at time.Time
-		pt.newActive, at = waitNewActive(nc, active, partitionTimeout)
-		if pt.newActive < 0 {
-			t.Fatalf("partition %d: no new active node on the majority side %s after cutting node%d", p+1, partitionTimeout, active+1)
-		}
-		pt.newActiveAt = at.Sub(pt.cutAt)
-		watched.Wait()
-		if length < pt.newActiveAt+afterNewActive {
-			length = pt.newActiveAt + afterNewActive
-		}
-		time.Sleep(time.Until(pt.cutAt.Add(length)))
-		if err := nc.Heal(active); err != nil {
-			t.Fatalf("partition %d: healing: %v", p+1, err)
-		}
-		pt.healAt = time.Since(pt.cutAt)
-		rotated.Wait()
-		ctx, cancel = context.WithTimeout(context.Background(), 120*time.Second)
-		err = nc.WaitHealthy(ctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("partition %d: after healing node%d: %v", p+1, active+1, err)
-		}
-		pt.healthyAt = time.Since(pt.cutAt)
-		rs.end(pt.w)
-		pt.activeAfter, _ = nc.Leader()
 	}
 	time.Sleep(steadyMin)
 	rs.Stop()
@@ -169,15 +94,11 @@ func TestPartitionedLeader(t *testing.T) {
 	unusable := endCheck(t, nc, clusterAccounts)
 	reqs := nc.fake.TokenRequests()
 	counters := nc.fake.Counters()
-	cutOff := func(node int, at time.Time) bool {
-		for _, pt := range parts {
-			if pt.isolated == node && !at.Before(pt.cutAt) && !at.After(pt.cutAt.Add(pt.healAt)) {
-				return true
-			}
-		}
-		return false
+	var ints []interruption
+	for _, pt := range parts {
+		ints = append(ints, pt.interruption())
 	}
-	audit := auditChains(nc, reqs, cutOff)
+	audit := auditChains(nc, reqs, ints)
 	lostByPlugin, lostLines := lostByPluginInLogs(nc)
 
 	// The figures.
@@ -196,6 +117,9 @@ func TestPartitionedLeader(t *testing.T) {
 			fmt.Printf("partition %d:   a refresh of %s was held at the fake (token spent, answer held) when the cut came; released at +%s; the rotate on node%d got: %v\n",
 				i+1, pt.held, pt.releasedAt.Round(time.Millisecond), pt.isolated+1, outcomeOf(pt.rotateErr))
 		}
+		if kinds := pluginLogKinds(nc.Nodes[pt.isolated], pt.cutAt, pt.cutAt.Add(pt.healAt)); len(kinds) > 0 {
+			fmt.Printf("partition %d:   node%d's plugin while cut off: %s\n", i+1, pt.isolated+1, strings.Join(kinds, "; "))
+		}
 		for _, line := range describeRequests(nc, reqs, pt) {
 			fmt.Printf("partition %d:   %s\n", i+1, line)
 		}
@@ -204,8 +128,8 @@ func TestPartitionedLeader(t *testing.T) {
 	rs.printErrorKinds("partition:")
 	fmt.Printf("partition: refreshes %d (outcomes %v), password grants %v\n",
 		counters.Grants["refresh_token"]["success"], counters.Grants["refresh_token"], counters.Grants["password"])
-	fmt.Printf("partition: spent tokens presented again %d: after a dropped answer %d, after an answer that reached only a node cut off from the quorum %d; tokens used twice %d (the fake's raw count of presentations after a delivered answer: %d)\n",
-		audit.replays, audit.afterDropped, audit.afterCutOff, audit.usedTwice, counters.RefreshTokensUsedTwice)
+	fmt.Printf("partition: spent tokens presented again %d: after a dropped answer %d, after an answer that reached only a node cut off from the quorum %d, or killed before it could store it %d; tokens used twice %d (the fake's raw count of presentations after a delivered answer: %d)\n",
+		audit.replays, audit.afterDropped, audit.afterCutOff, audit.afterKill, audit.usedTwice, counters.RefreshTokensUsedTwice)
 	fmt.Printf("partition: chains lost in flight %d (found gone by a new active node through the intent record), chains lost by the plugin %d; live refresh tokens at the fake %d\n",
 		counters.DistinctTokensReplayed, lostByPlugin, counters.LiveRefreshTokens)
 
@@ -230,6 +154,105 @@ func TestPartitionedLeader(t *testing.T) {
 		}
 	}
 	stopAndCheck(t, nc)
+}
+
+// partitionActive cuts the active node's cluster link, with, if hold, a
+// refresh held in flight at the fake (its intent record committed, its
+// token spent, its answer released at a random moment after the cut); waits
+// for a new active node on the majority side; heals the link after
+// partitionMin plus up to partitionJitter (at least afterNewActive after
+// the new active node) and waits until the cluster is healthy. It returns
+// what happened, also on error (when it could not go on).
+func partitionActive(nc *nsCluster, rs *nsReaders, rng *rand.Rand, hold bool) (*partition, error) {
+	active, err := nc.Leader()
+	if err != nil {
+		return nil, err
+	}
+	pt := &partition{isolated: active, newActive: -1, activeAfter: -1}
+	release := releaseMin + time.Duration(rng.Int63n(int64(releaseJitter)))
+	length := partitionMin + time.Duration(rng.Int63n(int64(partitionJitter)))
+
+	var rotated sync.WaitGroup
+	defer rotated.Wait()
+	if hold {
+		// A refresh whose intent record is committed, and whose answer
+		// the fake holds back once it has spent the token.
+		pt.held = clusterAccounts[rng.Intn(len(clusterAccounts))]
+		nc.fake.InjectFault(fakeermeo.Fault{Kind: fakeermeo.FaultHold, Grant: "refresh_token", Times: 1})
+		rotated.Add(1)
+		go func() {
+			defer rotated.Done()
+			_, err := nc.Client(active).Logical().Write(nc.Mount+"/accounts/"+pt.held+"/rotate", nil)
+			pt.rotateErr = err
+		}()
+		deadline := time.Now().Add(15 * time.Second)
+		for nc.fake.Held() == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if nc.fake.Held() == 0 {
+			nc.fake.ClearFaults()
+			nc.fake.ReleaseHeld()
+			return pt, errors.New("no refresh reached the fake to be held")
+		}
+	}
+
+	pt.w = rs.begin(active)
+	pt.cutAt = pt.w.start
+	defer rs.end(pt.w)
+	if err := nc.Partition(active, false); err != nil {
+		return pt, err
+	}
+	if hold {
+		time.AfterFunc(release, nc.fake.ReleaseHeld)
+		pt.releasedAt = release
+	}
+
+	// The isolated node steps down; the majority elects a new leader.
+	var watched sync.WaitGroup
+	watched.Add(1)
+	go func() {
+		defer watched.Done()
+		for time.Since(pt.cutAt) < partitionTimeout {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			still := nc.isActive(ctx, nc.Nodes[active])
+			cancel()
+			if !still {
+				pt.steppedDown = time.Since(pt.cutAt)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	var at time.Time
+	pt.newActive, at = waitNewActive(nc, active, partitionTimeout)
+	watched.Wait()
+	if pt.newActive < 0 {
+		_ = nc.Heal(active)
+		return pt, fmt.Errorf("no new active node on the majority side %s after cutting node%d", partitionTimeout, active+1)
+	}
+	pt.newActiveAt = at.Sub(pt.cutAt)
+	if length < pt.newActiveAt+afterNewActive {
+		length = pt.newActiveAt + afterNewActive
+	}
+	time.Sleep(time.Until(pt.cutAt.Add(length)))
+	if err := nc.Heal(active); err != nil {
+		return pt, fmt.Errorf("healing: %w", err)
+	}
+	pt.healAt = time.Since(pt.cutAt)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	err = nc.WaitHealthy(ctx)
+	cancel()
+	if err != nil {
+		return pt, fmt.Errorf("after healing node%d: %w", active+1, err)
+	}
+	pt.healthyAt = time.Since(pt.cutAt)
+	pt.activeAfter, _ = nc.Leader()
+	return pt, nil
+}
+
+// interruptions lists the partitions as interruptions, for auditChains.
+func (pt *partition) interruption() interruption {
+	return interruption{node: pt.isolated, from: pt.cutAt, to: pt.cutAt.Add(pt.healAt), kind: "partition"}
 }
 
 // describeRequests lists the token requests that the isolated node sent
