@@ -149,7 +149,7 @@ func TestSoak(t *testing.T) {
 	}
 	sort.Strings(kinds)
 	var b strings.Builder
-	fmt.Fprintf(&b, "soak (seed %d, %s asked, ran %s, Vault %s, 3 namespaced nodes, %d readers, %d accounts, tokens of %s, min_ttl %s)\n",
+	fmt.Fprintf(&b, "soak (seed %d, %s asked, ran %s, %s, 3 namespaced nodes, %d readers, %d accounts, tokens of %s, min_ttl %s)\n",
 		seed, length, runFor.Round(time.Second), nc.Version, clusterReaders, len(clusterAccounts), clusterTokenTTL, clusterMinTTL)
 	fmt.Fprintf(&b, "  steps                          %d\n", s.steps)
 	for _, k := range kinds {
