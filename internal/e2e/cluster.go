@@ -116,6 +116,8 @@ type Node struct {
 	// IP is the address its API listens on (127.0.0.1, or its service
 	// address), ClusterIP the one its cluster port listens on.
 	IP, ClusterIP string
+	// NS is the node's network namespace (Namespaced), or "".
+	NS string
 
 	client *api.Client
 
@@ -187,7 +189,7 @@ func StartCluster(opts ClusterOptions) (*Cluster, error) {
 			APIPort: 8200, ClusterPort: 8201,
 		}
 		if c.Net != nil {
-			n.IP, n.ClusterIP = c.Net.Nodes[i].ServiceIP, c.Net.Nodes[i].ClusterIP
+			n.IP, n.ClusterIP, n.NS = c.Net.Nodes[i].ServiceIP, c.Net.Nodes[i].ClusterIP, c.Net.Nodes[i].NS
 		} else {
 			if n.APIPort, err = FreePort(); err != nil {
 				return nil, err

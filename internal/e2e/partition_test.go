@@ -34,6 +34,7 @@ const (
 // partition is what happened around one cut of the active node.
 type partition struct {
 	isolated    int
+	full        bool // the service link was cut too
 	cutAt       time.Time
 	steppedDown time.Duration // cut to the isolated node's sys/health saying standby (or not answering)
 	newActive   int
@@ -79,7 +80,7 @@ func TestPartitionedLeader(t *testing.T) {
 			t.Fatalf("before partition %d: %v", p+1, err)
 		}
 		time.Sleep(steadyMin + time.Duration(rng.Int63n(int64(steadyJitter))))
-		pt, err := partitionActive(nc, rs, rng, p == holdAt)
+		pt, err := partitionActive(nc, rs, rng, p == holdAt, false)
 		if pt != nil {
 			parts = append(parts, pt)
 		}
@@ -156,19 +157,21 @@ func TestPartitionedLeader(t *testing.T) {
 	stopAndCheck(t, nc)
 }
 
-// partitionActive cuts the active node's cluster link, with, if hold, a
+// partitionActive cuts the active node's cluster link (with full, its
+// service link too: then its clients and its plugin's way to Ermeo are cut
+// as well), with, if hold, a
 // refresh held in flight at the fake (its intent record committed, its
 // token spent, its answer released at a random moment after the cut); waits
 // for a new active node on the majority side; heals the link after
 // partitionMin plus up to partitionJitter (at least afterNewActive after
 // the new active node) and waits until the cluster is healthy. It returns
 // what happened, also on error (when it could not go on).
-func partitionActive(nc *nsCluster, rs *nsReaders, rng *rand.Rand, hold bool) (*partition, error) {
+func partitionActive(nc *nsCluster, rs *nsReaders, rng *rand.Rand, hold, full bool) (*partition, error) {
 	active, err := nc.Leader()
 	if err != nil {
 		return nil, err
 	}
-	pt := &partition{isolated: active, newActive: -1, activeAfter: -1}
+	pt := &partition{isolated: active, newActive: -1, activeAfter: -1, full: full}
 	release := releaseMin + time.Duration(rng.Int63n(int64(releaseJitter)))
 	length := partitionMin + time.Duration(rng.Int63n(int64(partitionJitter)))
 
@@ -199,7 +202,7 @@ func partitionActive(nc *nsCluster, rs *nsReaders, rng *rand.Rand, hold bool) (*
 	pt.w = rs.begin(active)
 	pt.cutAt = pt.w.start
 	defer rs.end(pt.w)
-	if err := nc.Partition(active, false); err != nil {
+	if err := nc.Partition(active, full); err != nil {
 		return pt, err
 	}
 	if hold {

@@ -23,7 +23,8 @@ import (
 //	plugin kill    kill -9 of the active node's plugin processes; Vault
 //	               starts a new one on the next request
 //	partition      the active node cut off from Raft (partitionActive), with
-//	               a refresh held in flight half the time
+//	               a refresh held in flight half the time; a quarter of the
+//	               time from everything (its API and its way to Ermeo too)
 //	upstream       the fake Ermeo, for 3-8 s: delays (up to 3 s), 502/503,
 //	               429 with Retry-After, or answers lost after commit
 //	rotation       an operator's accounts/<name>/rotate, through any node
@@ -248,11 +249,12 @@ func (s *soak) pluginKill() (string, error) {
 		active+1, pids, s.nc.Nodes[active].PluginPids(), ww.failedNode, ww.failedOn), nil
 }
 
-// partition cuts the active node off from Raft, with a refresh held in
-// flight half the time.
+// partition cuts the active node off from Raft (a quarter of the time from
+// everything), with a refresh held in flight half the time.
 func (s *soak) partition() (string, error) {
 	hold := s.rng.Intn(2) == 0
-	pt, err := partitionActive(s.nc, s.rs, s.rng, hold)
+	full := s.rng.Intn(4) == 0
+	pt, err := partitionActive(s.nc, s.rs, s.rng, hold, full)
 	if pt == nil {
 		return "", err
 	}
@@ -262,7 +264,11 @@ func (s *soak) partition() (string, error) {
 	if hold {
 		s.counts["partition, refresh held"]++
 	}
-	what := fmt.Sprintf("cut node%d (active)", pt.isolated+1)
+	what := fmt.Sprintf("cut node%d (active) from Raft", pt.isolated+1)
+	if full {
+		s.counts["partition, full"]++
+		what = fmt.Sprintf("cut node%d (active) from everything", pt.isolated+1)
+	}
 	if pt.held != "" {
 		what += fmt.Sprintf(" with a refresh of %s held at the fake, released at +%s (the rotate got: %s)", pt.held, pt.releasedAt.Round(time.Millisecond), outcomeOf(pt.rotateErr))
 	}
