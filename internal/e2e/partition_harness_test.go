@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
+
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -455,10 +457,10 @@ func endCheck(t *testing.T, nc *nsCluster, accounts []string) (unusable int) {
 	}
 	for _, n := range nc.Nodes {
 		for _, name := range accounts {
-			var s, _ = nc.Client(n.Index).Logical().Read(nc.Mount + "/creds/" + name)
 			// A read just after a fault may meet a refresh waiting out its
 			// backoff; give each account a few seconds.
 			deadline := time.Now().Add(20 * time.Second)
+			var s *api.Secret
 			var err error
 			for {
 				s, err = nc.Client(n.Index).Logical().Read(nc.Mount + "/creds/" + name)
