@@ -344,12 +344,13 @@ func waitNewActive(nc *nsCluster, old int, d time.Duration) (int, time.Time) {
 }
 
 // interruption is a stretch in which a node could not store what it got
-// from Ermeo: cut off from the quorum (from the cut to the heal), or its
-// vault or plugin process killed (from and to: the kill).
+// from Ermeo: cut off from the quorum (from the cut to the heal), its disk
+// full (from the fill to the free), or its vault or plugin process killed
+// (from and to: the kill).
 type interruption struct {
 	node     int
 	from, to time.Time
-	kind     string // "partition", "kill", "plugin kill"
+	kind     string // "partition", "full disk", "kill", "plugin kill"
 }
 
 // interruptedAfter is how long after an answer's delivery a kill still
@@ -362,14 +363,16 @@ const interruptedAfter = 10 * time.Second
 // refresh's answer was dropped (the client could not know: it finds out),
 // or delivered to a node that could not store the pair: cut off from the
 // quorum when the answer came (then another node found out through the
-// intent record), or killed (vault or plugin) while the request was in
-// flight or within interruptedAfter of its answer. Any other is a token
+// intent record), with its disk full when the answer came, or killed (vault
+// or plugin) while the request was in flight or within interruptedAfter of
+// its answer. Any other is a token
 // used twice: the plugin sent a token whose successor it had.
 type chainAudit struct {
 	replays          int // presentations of a consumed token
 	afterDropped     int // its answer was dropped
 	afterCutOff      int // its answer reached a node cut off from the quorum
 	afterKill        int // its answer reached a node killed before it could store the pair
+	afterFullDisk    int // its answer reached a node whose disk was full (the pair then died in memory)
 	usedTwice        int // none of these
 	usedTwiceSamples []string
 }
@@ -398,11 +401,20 @@ func auditChains(nc *nsCluster, reqs []fakeermeo.TokenRequest, ints []interrupti
 			if !ok || why != "" || in.node != from {
 				continue
 			}
-			switch {
-			case in.kind == "partition" && !by.Ended.Before(in.from) && !by.Ended.After(in.to) && sender != from:
-				why = "cut off"
-			case in.kind != "partition" && !in.from.Before(by.Received) && !in.from.After(by.Ended.Add(interruptedAfter)) && !in.from.After(r.Received):
-				why = "killed"
+			during := !by.Ended.Before(in.from) && !by.Ended.After(in.to)
+			switch in.kind {
+			case "partition":
+				if during && sender != from {
+					why = "cut off"
+				}
+			case "full disk":
+				if during {
+					why = "full disk"
+				}
+			default:
+				if !in.from.Before(by.Received) && !in.from.After(by.Ended.Add(interruptedAfter)) && !in.from.After(r.Received) {
+					why = "killed"
+				}
 			}
 		}
 		switch why {
@@ -412,6 +424,8 @@ func auditChains(nc *nsCluster, reqs []fakeermeo.TokenRequest, ints []interrupti
 			a.afterCutOff++
 		case "killed":
 			a.afterKill++
+		case "full disk":
+			a.afterFullDisk++
 		default:
 			a.usedTwice++
 			if len(a.usedTwiceSamples) < 5 {

@@ -36,15 +36,20 @@ import (
 // an account is unusable at the end.
 
 // soakFullDisk, if set, is the full-disk fault: it fills the Raft
-// directory of a node (mounted small by ClusterOptions.PrepareNode, set by
-// soakPrepareNode) for a while, frees it, and returns what it did, or an
-// error if the soak cannot go on. With internal/e2e/disk.go's
-// MountSmallDisk(dir, size) (*SmallDisk, error) and its Fill/Free/Unmount,
-// soakPrepareNode mounts a SmallDisk on <n.Dir>/raft and keeps it, and
-// soakFullDisk calls Fill, waits, and Free. Both nil: no full-disk fault.
+// directory of a node (mounted small by ClusterOptions.PrepareNode, which the
+// soak sets to soakPrepareNode) for a while, frees it, and returns what it
+// did, or an error if the soak cannot go on. It must append to s.ints an
+// interruption{kind: "full disk"} of the node for the time its disk was full,
+// so that a pair that could only wait in memory then, and died there with a
+// later kill, is counted as lost in flight, not as a token used twice. Set
+// both from an init function in a _test.go file of this package, with
+// internal/e2e/disk.go's MountSmallDisk(dir, size) (*SmallDisk, error) and
+// its Fill/Free/Unmount: soakPrepareNode mounts a SmallDisk on
+// <n.Dir>/raft (and unmounts it in a t.Cleanup, after the cluster's Stop),
+// soakFullDisk fills it, waits, and frees it. Both nil: no full-disk fault.
 var (
 	soakPrepareNode func(n *Node) error
-	soakFullDisk    func(nc *nsCluster, rng *rand.Rand) (string, error)
+	soakFullDisk    func(s *soak) (string, error)
 )
 
 // soakFault is one kind of fault of the schedule, with its weight.
@@ -95,7 +100,7 @@ func TestSoak(t *testing.T) {
 		{"rotation", 2, (*soak).rotation},
 	}
 	if soakFullDisk != nil {
-		faults = append(faults, soakFault{"full disk", 2, func(s *soak) (string, error) { return soakFullDisk(s.nc, s.rng) }})
+		faults = append(faults, soakFault{"full disk", 2, soakFullDisk})
 	}
 	total := 0
 	for _, f := range faults {
@@ -161,8 +166,8 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&b, "  refreshes at the fake          %d  (outcomes %v)\n", counters.Grants["refresh_token"]["success"], counters.Grants["refresh_token"])
 	fmt.Fprintf(&b, "  password grants                %v\n", counters.Grants["password"])
 	fmt.Fprintf(&b, "  answers dropped by the network %d\n", counters.AnswersDropped)
-	fmt.Fprintf(&b, "  chains lost in flight          %d   (a spent token sent again to find out: after a dropped answer %d, a pair that reached only a cut-off node %d, or a killed one %d)\n",
-		counters.DistinctTokensReplayed, audit.afterDropped, audit.afterCutOff, audit.afterKill)
+	fmt.Fprintf(&b, "  chains lost in flight          %d   (a spent token sent again to find out: after a dropped answer %d, a pair that reached only a cut-off node %d, a killed one %d, one with a full disk %d)\n",
+		counters.DistinctTokensReplayed, audit.afterDropped, audit.afterCutOff, audit.afterKill, audit.afterFullDisk)
 	fmt.Fprintf(&b, "  chains lost by the plugin      %d\n", lostByPlugin)
 	fmt.Fprintf(&b, "  tokens used twice              %d   (the fake's raw count of presentations after a delivered answer: %d)\n", audit.usedTwice, counters.RefreshTokensUsedTwice)
 	fmt.Fprintf(&b, "  accounts unusable at the end   %d\n", unusable)
