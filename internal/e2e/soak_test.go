@@ -166,7 +166,7 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&b, "  refreshes at the fake          %d  (outcomes %v)\n", counters.Grants["refresh_token"]["success"], counters.Grants["refresh_token"])
 	fmt.Fprintf(&b, "  password grants                %v\n", counters.Grants["password"])
 	fmt.Fprintf(&b, "  answers dropped by the network %d\n", counters.AnswersDropped)
-	fmt.Fprintf(&b, "  chains lost in flight          %d   (a spent token sent again to find out: after a dropped answer %d, a pair that reached only a cut-off node %d, a killed one %d, one with a full disk %d)\n",
+	fmt.Fprintf(&b, "  chains lost in flight          %d   (sent again to find out: %d times after a dropped answer, %d after a pair that reached only a cut-off node, %d a killed one, %d one with a full disk)\n",
 		counters.DistinctTokensReplayed, audit.afterDropped, audit.afterCutOff, audit.afterKill, audit.afterFullDisk)
 	fmt.Fprintf(&b, "  chains lost by the plugin      %d\n", lostByPlugin)
 	fmt.Fprintf(&b, "  tokens used twice              %d   (the fake's raw count of presentations after a delivered answer: %d)\n", audit.usedTwice, counters.RefreshTokensUsedTwice)
