@@ -20,7 +20,8 @@ import (
 )
 
 // ClusterOptions say how to start a Vault cluster with integrated storage
-// (Raft) on 127.0.0.1.
+// (Raft) on 127.0.0.1, or with each node in a network namespace of its own
+// (Namespaced).
 type ClusterOptions struct {
 	// VaultBin is the vault binary (see FindVault).
 	VaultBin string
@@ -53,6 +54,18 @@ type ClusterOptions struct {
 	// sys/metrics?format=prometheus answers with the same names as on a
 	// dev server (internal/bench reads Vault's storage counters there).
 	Telemetry bool
+	// Namespaced puts each node in a network namespace of its own, created
+	// for this cluster and removed by Stop (netns.go: Network): api_addr on
+	// a "service" link, which the test process and the nodes reach, and
+	// cluster_addr on a "cluster" link, which Partition cuts. A test server
+	// the nodes must reach listens on Cluster.Net.HostIP (ServeTLS). Linux,
+	// as root.
+	Namespaced bool
+	// PrepareNode, if set, is called for each node after its directory
+	// (with raft/ and plugins/ in it) and config are written and before its
+	// vault server first starts: a test can mount a small disk on
+	// <n.Dir>/raft there. An error stops the start-up.
+	PrepareNode func(n *Node) error
 	// Timeout bounds the start-up; default 2 minutes.
 	Timeout time.Duration
 	// Logf, if set, is told each step and each change in what keeps the
@@ -70,6 +83,13 @@ type Cluster struct {
 	Version   string
 	WorkDir   string
 	Mount     string
+	// Net is the nodes' namespaces, links and bridges (Namespaced), or nil.
+	Net *Network
+	// LeftInNamespaces lists the processes that Stop found still in a
+	// node's namespace once every vault it started had ended and every
+	// orphan it knew of was ended (Stop then ended them too): none, when
+	// the harness keeps track of everything it starts.
+	LeftInNamespaces []string
 
 	opts ClusterOptions
 }
@@ -90,8 +110,14 @@ type Node struct {
 	PluginDir   string
 	APIPort     int
 	ClusterPort int
-	// Addr is the node's VAULT_ADDR, http://127.0.0.1:<api port>.
+	// Addr is the node's VAULT_ADDR, http://127.0.0.1:<api port>, or
+	// http://<service address>:8200 in a namespace of its own.
 	Addr string
+	// IP is the address its API listens on (127.0.0.1, or its service
+	// address), ClusterIP the one its cluster port listens on.
+	IP, ClusterIP string
+	// NS is the node's network namespace (Namespaced), or "".
+	NS string
 
 	client *api.Client
 
@@ -139,23 +165,40 @@ func StartCluster(opts ClusterOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("vault version: %w", err)
 	}
 	c := &Cluster{Version: version, WorkDir: opts.WorkDir, Mount: opts.Mount, opts: opts}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Stop()
+		}
+	}()
+	if opts.Namespaced {
+		if c.Net, err = NewNetwork(opts.Nodes); err != nil {
+			return nil, err
+		}
+		c.logf("network %s: cluster bridge %s, service bridge %s (host %s), namespaces %s..%s",
+			c.Net.ID, c.Net.ClusterBridge, c.Net.ServiceBridge, c.Net.HostIP, c.Net.Nodes[0].NS, c.Net.Nodes[opts.Nodes-1].NS)
+	}
 
-	// Ports first, so that each node's retry_join can name the others.
+	// Addresses first, so that each node's retry_join can name the others.
 	for i := 0; i < opts.Nodes; i++ {
-		apiPort, err := FreePort()
-		if err != nil {
-			return nil, err
-		}
-		cl, err := FreePort()
-		if err != nil {
-			return nil, err
-		}
 		n := &Node{
 			Index: i, ID: fmt.Sprintf("node%d", i+1),
-			Dir:     filepath.Join(opts.WorkDir, fmt.Sprintf("node%d", i+1)),
-			APIPort: apiPort, ClusterPort: cl,
-			Addr: fmt.Sprintf("http://127.0.0.1:%d", apiPort),
+			Dir: filepath.Join(opts.WorkDir, fmt.Sprintf("node%d", i+1)),
+			IP:  "127.0.0.1", ClusterIP: "127.0.0.1",
+			// Each namespace has its own addresses: Vault's usual ports.
+			APIPort: 8200, ClusterPort: 8201,
 		}
+		if c.Net != nil {
+			n.IP, n.ClusterIP, n.NS = c.Net.Nodes[i].ServiceIP, c.Net.Nodes[i].ClusterIP, c.Net.Nodes[i].NS
+		} else {
+			if n.APIPort, err = FreePort(); err != nil {
+				return nil, err
+			}
+			if n.ClusterPort, err = FreePort(); err != nil {
+				return nil, err
+			}
+		}
+		n.Addr = fmt.Sprintf("http://%s:%d", n.IP, n.APIPort)
 		n.ConfigPath = filepath.Join(n.Dir, "vault.hcl")
 		n.LogPath = filepath.Join(n.Dir, "vault.log")
 		n.PluginDir = filepath.Join(n.Dir, "plugins")
@@ -168,13 +211,12 @@ func StartCluster(opts ClusterOptions) (*Cluster, error) {
 		if err := c.prepare(n); err != nil {
 			return nil, err
 		}
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.Stop()
+		if opts.PrepareNode != nil {
+			if err := opts.PrepareNode(n); err != nil {
+				return nil, fmt.Errorf("preparing %s: %w", n.ID, err)
+			}
 		}
-	}()
+	}
 	for _, n := range c.Nodes {
 		if err := c.startProcess(n); err != nil {
 			return nil, err
@@ -260,9 +302,9 @@ func (c *Cluster) prepare(n *Node) error {
 		}
 	}
 	b.WriteString("}\n\n")
-	fmt.Fprintf(&b, "listener \"tcp\" {\n  address         = \"127.0.0.1:%d\"\n  cluster_address = \"127.0.0.1:%d\"\n  tls_disable     = true\n}\n\n", n.APIPort, n.ClusterPort)
+	fmt.Fprintf(&b, "listener \"tcp\" {\n  address         = \"%s:%d\"\n  cluster_address = \"%s:%d\"\n  tls_disable     = true\n}\n\n", n.IP, n.APIPort, n.ClusterIP, n.ClusterPort)
 	// The cluster port always speaks Vault's own TLS, hence https.
-	fmt.Fprintf(&b, "api_addr         = %q\ncluster_addr     = \"https://127.0.0.1:%d\"\n", n.Addr, n.ClusterPort)
+	fmt.Fprintf(&b, "api_addr         = %q\ncluster_addr     = \"https://%s:%d\"\n", n.Addr, n.ClusterIP, n.ClusterPort)
 	fmt.Fprintf(&b, "cluster_name     = \"ermeo-e2e\"\ndisable_mlock    = true\nplugin_directory = %q\nui               = false\n", n.PluginDir)
 	if c.opts.Telemetry {
 		b.WriteString("\ntelemetry {\n  prometheus_retention_time = \"24h\"\n  disable_hostname          = true\n}\n")
@@ -323,7 +365,13 @@ func (c *Cluster) startProcess(n *Node) error {
 		return err
 	}
 	fmt.Fprintf(logFile, "==== %s: starting %s (%s) ====\n", time.Now().Format(time.RFC3339Nano), n.ID, n.Addr)
-	cmd := exec.Command(c.opts.VaultBin, "server", "-config="+n.ConfigPath, "-log-level="+c.opts.LogLevel)
+	args := []string{"server", "-config=" + n.ConfigPath, "-log-level=" + c.opts.LogLevel}
+	cmd := exec.Command(c.opts.VaultBin, args...)
+	if c.Net != nil {
+		// ip netns exec enters the namespace and executes vault in its own
+		// process: cmd's pid is vault's.
+		cmd = c.Net.Command(n.Index, c.opts.VaultBin, args...)
+	}
 	cmd.Dir = n.Dir
 	cmd.Env = append(cleanEnv(), "HOME="+n.Dir)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -417,17 +465,33 @@ func (n *Node) waitAnswering(ctx context.Context) error {
 	}
 }
 
-// unseal gives the node the unseal key until it reports unsealed. A node
-// that is joining the cluster only takes the key once retry_join has reached
-// the leader, so an early attempt is retried.
+// unseal gives the node the unseal key and waits until it reports
+// unsealed. A node that is joining the cluster keeps the key until
+// retry_join has reached the leader and answers "sealed" meanwhile; the key
+// is given again only if the last attempt got no answer, or after a long
+// wait. Giving it twice to a joining node makes Vault (1.21.1) unseal it
+// twice and run two standby loops, both reading Raft's leadership
+// notifications: once that node is active, the stale loop can take the
+// "leadership lost" notification, and the node's core stays active long
+// after Raft stepped it down (seen as an isolated leader that never stepped
+// down, and never rejoined as a standby after the heal).
 func (c *Cluster) unseal(ctx context.Context, n *Node) error {
 	var last error
+	var given time.Time // when the key was last given and Vault answered
 	for {
 		if !n.Running() {
 			return c.withLog(n, errors.New("vault exited while being unsealed"))
 		}
 		uctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := n.client.Sys().UnsealWithContext(uctx, c.UnsealKey)
+		var st *api.SealStatusResponse
+		var err error
+		if given.IsZero() || time.Since(given) > unsealRetryAfter {
+			if st, err = n.client.Sys().UnsealWithContext(uctx, c.UnsealKey); err == nil {
+				given = time.Now()
+			}
+		} else {
+			st, err = n.client.Sys().SealStatusWithContext(uctx)
+		}
 		cancel()
 		if err == nil && !st.Sealed {
 			return nil
@@ -444,6 +508,10 @@ func (c *Cluster) unseal(ctx context.Context, n *Node) error {
 		}
 	}
 }
+
+// unsealRetryAfter is how long unseal waits for a node that took the key
+// before it gives the key again.
+const unsealRetryAfter = 30 * time.Second
 
 // waitActive waits until node n is the active node.
 func (c *Cluster) waitActive(ctx context.Context, n *Node) error {
@@ -678,6 +746,13 @@ func (c *Cluster) Crash(i int) error {
 		return err
 	}
 	c.Nodes[i].killOrphans()
+	if c.Net != nil {
+		// With its vault dead, a plugin process in the node's namespace is
+		// an orphan of it, listed before the kill or not.
+		for _, pid := range c.Net.Pids(i) {
+			killPluginProcess(pid)
+		}
+	}
 	return nil
 }
 
@@ -710,9 +785,19 @@ func (c *Cluster) Restart(i int) error {
 
 // Stop ends every vault server of the cluster (SIGTERM, then SIGKILL after
 // 15 s) and then every plugin process they left behind, each by its pid.
+// A namespaced cluster's links are healed first (a node cut off from the
+// others may otherwise take long to stop), and its network is removed last,
+// with whatever process was still in a namespace of it.
 func (c *Cluster) Stop() {
 	if c == nil {
 		return
+	}
+	if c.Net != nil {
+		for i := range c.Net.Nodes {
+			if c.Net.CutState(i) != "" {
+				_ = c.Net.Heal(i)
+			}
+		}
 	}
 	var wg sync.WaitGroup
 	for _, n := range c.Nodes {
@@ -723,6 +808,36 @@ func (c *Cluster) Stop() {
 		}(n)
 	}
 	wg.Wait()
+	if c.Net != nil {
+		for i := range c.Net.Nodes {
+			for _, pid := range c.Net.Pids(i) {
+				p, _ := ReadProcess(pid)
+				what := fmt.Sprintf("node%d: pid %d (%s, state %s)", i+1, pid, p.Comm, p.State)
+				c.LeftInNamespaces = append(c.LeftInNamespaces, what)
+				c.logf("a namespace still holds a process after Stop, ending it: %s", what)
+			}
+		}
+		c.Net.Remove()
+	}
+}
+
+// Partition cuts node i off from the other nodes' Raft and request
+// forwarding (its cluster link down at both ends); its API and its way to
+// Net.HostIP stay, so its plugin can still reach a fake Ermeo there. With
+// full, its service link goes down too. Namespaced clusters only.
+func (c *Cluster) Partition(i int, full bool) error {
+	if c.Net == nil {
+		return errors.New("Partition needs a namespaced cluster (ClusterOptions.Namespaced)")
+	}
+	return c.Net.Cut(i, full)
+}
+
+// Heal brings node i's links up again after a Partition.
+func (c *Cluster) Heal(i int) error {
+	if c.Net == nil {
+		return errors.New("Heal needs a namespaced cluster (ClusterOptions.Namespaced)")
+	}
+	return c.Net.Heal(i)
 }
 
 func (n *Node) stop() {
@@ -764,17 +879,31 @@ func isPluginProcess(pid int) bool {
 }
 
 // Orphans returns the plugin processes left behind by Kill that are still
-// running.
+// running; in a namespaced cluster, also any plugin process in a node's
+// namespace whose parent is not the node's running vault.
 func (c *Cluster) Orphans() []int {
 	var pids []int
+	seen := map[int]bool{}
 	for _, n := range c.Nodes {
 		n.mu.Lock()
 		for _, pid := range n.orphans {
-			if isPluginProcess(pid) {
+			if isPluginProcess(pid) && !seen[pid] {
+				seen[pid] = true
 				pids = append(pids, pid)
 			}
 		}
 		n.mu.Unlock()
+		if c.Net == nil {
+			continue
+		}
+		vaultPid := n.Pid()
+		for _, pid := range c.Net.Pids(n.Index) {
+			p, err := ReadProcess(pid)
+			if err == nil && p.State != "Z" && p.namedLikePlugin() && (vaultPid == 0 || p.PPid != vaultPid) && !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
+			}
+		}
 	}
 	return pids
 }

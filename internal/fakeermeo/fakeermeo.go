@@ -176,6 +176,33 @@ type Counters struct {
 	Requests int `json:"requests"`
 }
 
+// TokenRequest is what the fake saw of one token request and how it ended,
+// so that a test can tell which client sent it (RemoteAddr: each node of a
+// cluster in its own network namespace has its own address) and what came
+// of it.
+type TokenRequest struct {
+	// Received is when the request arrived; Ended when its handling ended
+	// (answered, refused, or dropped).
+	Received, Ended time.Time
+	// RemoteAddr is the client's address and port, as net/http gives it.
+	RemoteAddr string
+	// GrantType is the request's grant_type.
+	GrantType string
+	// Presented is the refresh token a refresh_token grant presented, and
+	// Issued the refresh token a successful grant issued.
+	Presented, Issued string
+	// Replay: Presented had already been consumed when the request arrived.
+	Replay bool
+	// Outcome is the grant's outcome as in Counters.Grants ("success",
+	// "invalid_grant", "fault_status", ...).
+	Outcome string
+	// Fault is the fault applied to the request, if any ("hold", "delay", ...).
+	Fault string
+	// Delivered: an answer was written (a grant that succeeded or was
+	// refused, or a fault's answer); false when the connection was dropped.
+	Delivered bool
+}
+
 type refreshToken struct {
 	clientID string
 	username string
@@ -214,6 +241,8 @@ type Server struct {
 	// grant requests being handled; presented counts every presentation.
 	inFlight  map[string]int
 	presented map[string]int
+	// requests is every token request, in the order they arrived.
+	requests []*TokenRequest
 
 	// inWindow, if set, replaces the wait of a NonAtomicRefresh window
 	// (tests make windows overlap with it).
@@ -337,6 +366,18 @@ func (s *Server) RefreshTokenPresentations() map[string]int {
 	return out
 }
 
+// TokenRequests returns a copy of every token request so far, in the order
+// they arrived; a request still being handled has a zero Ended.
+func (s *Server) TokenRequests() []TokenRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]TokenRequest, len(s.requests))
+	for i, r := range s.requests {
+		out[i] = *r
+	}
+	return out
+}
+
 // RefreshTokenLive reports whether tok was issued and is neither consumed nor
 // expired.
 func (s *Server) RefreshTokenLive(tok string) bool {
@@ -417,8 +458,16 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	params := s.readParams(r)
 	basicUser, basicPass, _ := r.BasicAuth()
 
+	rec := &TokenRequest{Received: time.Now(), RemoteAddr: r.RemoteAddr, GrantType: params["grant_type"]}
 	s.mu.Lock()
 	s.counters.Requests++
+	if rec.GrantType == "refresh_token" {
+		rec.Presented = params["refresh_token"]
+		rt := s.refresh[rec.Presented]
+		rec.Replay = rt != nil && rt.consumed
+	}
+	s.requests = append(s.requests, rec)
+	defer s.noteRequest(rec, func(rec *TokenRequest) { rec.Ended = time.Now() })
 	// A replay is judged when the request arrives: one sent before its
 	// token was consumed is not a replay, however long a fault delays it.
 	s.noteReplayLocked(params)
@@ -436,8 +485,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 
+	if f != nil {
+		s.noteRequest(rec, func(rec *TokenRequest) { rec.Fault = f.Kind.String() })
+	}
 	if f != nil && !f.Kind.processes() {
 		s.notProcessed(params, f.Kind)
+		s.noteRequest(rec, func(rec *TokenRequest) {
+			rec.Outcome, rec.Delivered = "fault_"+f.Kind.String(), f.Kind != FaultReset
+		})
 		switch f.Kind {
 		case FaultStatus:
 			status := f.Status
@@ -460,11 +515,21 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	if f != nil && f.Kind == FaultDelay {
 		if !sleepContext(r.Context(), f.Delay) {
 			s.notProcessed(params, f.Kind)
+			s.noteRequest(rec, func(rec *TokenRequest) { rec.Outcome = "fault_" + f.Kind.String() })
 			return
 		}
 	}
 
 	a := s.grant(params, basicUser, basicPass)
+	s.noteRequest(rec, func(rec *TokenRequest) {
+		rec.Outcome = "success"
+		switch b := a.body.(type) {
+		case oauthError:
+			rec.Outcome = b.Error
+		case tokenSuccess:
+			rec.Issued = b.RefreshToken
+		}
+	})
 
 	if f != nil && f.Kind == FaultLostAfterCommit {
 		s.noteAnswerLost(params, a)
@@ -482,6 +547,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	h.Set("Pragma", "no-cache")
 	w.WriteHeader(a.status)
 	json.NewEncoder(w).Encode(a.body)
+	s.noteRequest(rec, func(rec *TokenRequest) { rec.Delivered = true })
+}
+
+// noteRequest changes a request's record under the lock.
+func (s *Server) noteRequest(rec *TokenRequest, change func(*TokenRequest)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	change(rec)
 }
 
 // readParams returns the token request's fields: the query string for GET;

@@ -1129,3 +1129,59 @@ func TestFaultTimesOrderAndClear(t *testing.T) {
 		t.Fatalf("GET token request with a fault injected: %d %s", r.status, r.raw)
 	}
 }
+
+// TestTokenRequests: each token request is recorded with its client's
+// address, the token it presented, what it issued, its outcome, its fault
+// and whether an answer was delivered.
+func TestTokenRequests(t *testing.T) {
+	f := newFixture(t, Options{})
+	_, rt1 := f.login(t)
+	_, rt2 := f.refresh(t, rt1)
+	wantError(t, f.tokenJSON(t, refreshFields(rt1)), 400, "invalid_grant", "Invalid refresh token")
+	f.s.InjectFault(Fault{Kind: FaultLostAfterCommit, Grant: "refresh_token", Times: 1})
+	body, _ := json.Marshal(refreshFields(rt2))
+	if _, err := f.send(context.Background(), "POST", TokenPath, "application/json", body, nil); err == nil {
+		t.Fatal("want the connection dropped")
+	}
+	f.s.InjectFault(Fault{Kind: FaultStatus, Status: 503, Times: 1})
+	f.tokenJSON(t, passwordFields())
+
+	// A dropped connection's handler may still be returning.
+	var reqs []TokenRequest
+	waitFor(t, "every request's handling to end", func() bool {
+		reqs = f.s.TokenRequests()
+		for _, r := range reqs {
+			if r.Ended.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	if len(reqs) != 5 {
+		t.Fatalf("%d requests recorded, want 5: %+v", len(reqs), reqs)
+	}
+	type want struct {
+		grant, presented, outcome, fault string
+		issued, replay, delivered        bool
+	}
+	wants := []want{
+		{"password", "", "success", "", true, false, true},
+		{"refresh_token", rt1, "success", "", true, false, true},
+		{"refresh_token", rt1, "invalid_grant", "", false, true, true},
+		{"refresh_token", rt2, "success", "lost_after_commit", true, false, false},
+		{"password", "", "fault_status", "status", false, false, true},
+	}
+	for i, w := range wants {
+		r := reqs[i]
+		got := want{r.GrantType, r.Presented, r.Outcome, r.Fault, r.Issued != "", r.Replay, r.Delivered}
+		if got != w {
+			t.Errorf("request %d: %+v, want %+v", i, got, w)
+		}
+		if r.RemoteAddr == "" || r.Received.IsZero() || r.Ended.Before(r.Received) {
+			t.Errorf("request %d: address %q, received %v, ended %v", i, r.RemoteAddr, r.Received, r.Ended)
+		}
+	}
+	if reqs[1].Issued != rt2 {
+		t.Errorf("the refresh issued %q, the client got %q", reqs[1].Issued, rt2)
+	}
+}
