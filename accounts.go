@@ -383,12 +383,48 @@ func (s *accountStore) unsavedCount() int {
 
 // flushLocked writes a refreshed pair held in memory, if there is one.
 // Called with the account's lock held.
+//
+// The pair is written only if storage still holds what it followed from
+// (the generation before it, or the same chain): if storage has moved on,
+// written by another node after this one lost its place (a partition, a
+// full disk) or by an operator, the pair in memory is stale and is dropped,
+// so that it never overwrites a newer chain.
 func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name string) error {
 	pending := s.unsavedCopy(name)
 	if pending == nil {
 		return nil
 	}
+	stored, err := loadAccount(ctx, st, name)
+	if err != nil {
+		return err
+	}
+	if !followsFrom(pending, stored) {
+		s.unsavedMu.Lock()
+		delete(s.unsaved, name)
+		s.unsavedMu.Unlock()
+		s.cache.Delete(name)
+		storedGen := uint64(0)
+		if stored != nil {
+			storedGen = stored.Generation
+		}
+		s.logger().Warn("dropped a refreshed token pair held in memory: storage has moved on since", "account", name,
+			"generation", pending.Generation, "stored_generation", storedGen, "account_exists", stored != nil)
+		return nil
+	}
 	return s.put(ctx, st, name, pending, failWrite)
+}
+
+// followsFrom reports whether pending, a pair held in memory, continues
+// stored: the chain it was refreshed from, or the same chain.
+func followsFrom(pending, stored *accountEntry) bool {
+	switch {
+	case stored == nil:
+		return false
+	case stored.Generation+1 == pending.Generation:
+		return true
+	default:
+		return stored.Generation == pending.Generation && stored.RefreshToken == pending.RefreshToken
+	}
 }
 
 // flush tries to write the refreshed pairs held in memory (of names, or all):

@@ -306,3 +306,47 @@ func TestPairRefusedForLongerThanPersistForIsKeptInMemory(t *testing.T) {
 		t.Error("the flush did not store the pair")
 	}
 }
+
+// A pair held in memory is written only while storage still holds the chain
+// it was refreshed from. Once another writer has moved storage on (another
+// node that took over while this one could not write, or an operator), the
+// pair is stale: it is dropped, and never overwrites the newer chain.
+func TestStalePairInMemoryNeverOverwritesANewerChain(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configureUnchecked()
+	e.createAccount("app", nil)
+	storage := e.wrapStorage()
+	storage.failPuts(func(w storageWrite) bool { return w.account == "app" && w.pairWrite() })
+	e.clock.Advance(2 * time.Hour)
+	mine := e.creds("app").Data["access_token"].(string)
+	if !e.b.store.hasUnsaved("app") {
+		t.Fatal("want the new pair held in memory")
+	}
+	storage.failPuts(nil)
+
+	// Another node took over: from the intent record it finds, it starts a
+	// new chain (here: the same generation, another refresh token).
+	ctx := t.Context()
+	theirs, err := loadAccount(ctx, storage, "app")
+	if err != nil || theirs.RotationIntent == nil {
+		t.Fatalf("want the intent record in storage: %+v, %v", theirs, err)
+	}
+	theirs.Generation++
+	theirs.RotationIntent = nil
+	theirs.RefreshToken, theirs.AccessToken = "their-refresh-token", "their-access-token"
+	theirs.AccessTokenExpiresAt = e.clock.Now().Add(time.Hour)
+	if err := saveAccount(ctx, storage, "app", theirs); err != nil {
+		t.Fatal(err)
+	}
+
+	e.b.store.flush(ctx, storage)
+	if e.b.store.hasUnsaved("app") {
+		t.Error("the stale pair is still held in memory")
+	}
+	if got := e.stored("app"); got.RefreshToken != "their-refresh-token" {
+		t.Errorf("storage holds %q: the stale pair overwrote the newer chain", got.RefreshToken)
+	}
+	if got := e.creds("app").Data["access_token"]; got != "their-access-token" {
+		t.Errorf("creds serves %v (mine %v), want the stored chain's token", got, mine)
+	}
+}

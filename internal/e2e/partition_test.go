@@ -60,7 +60,7 @@ type partition struct {
 // sent again after a node stored its successor. At the end every account is
 // usable, no chain was lost by the plugin and no token used twice.
 func TestPartitionedLeader(t *testing.T) {
-	seed := envInt64("ERMEO_PARTITION_SEED", time.Now().UnixNano())
+	seed := envInt64("ERMEO_PARTITION_SEED", 20261201) // fixed for make test
 	rng := rand.New(rand.NewSource(seed))
 	fmt.Printf("partition: seed %d (ERMEO_PARTITION_SEED=%d to replay the schedule)\n", seed, seed)
 	t.Logf("seed %d", seed)
