@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -17,6 +18,10 @@ import (
 // writes (TestFullDisk saw the two Raft databases grow to 16 MB each), so
 // that only the fault fills it. A tmpfs takes memory only as it fills.
 const soakDiskSize = 256 << 20
+
+// soakDiskRecovery is how long a node whose disk was freed may take to
+// catch up before the soak restarts it.
+const soakDiskRecovery = 30 * time.Second
 
 var soakDisks struct {
 	sync.Mutex
@@ -92,6 +97,26 @@ func (s *soak) fullDisk() (string, error) {
 		what += "; its vault exited (a panic on a failed database write?), restarted"
 		if err := s.nc.Restart(i); err != nil {
 			return what, err
+		}
+	} else {
+		// A follower whose log write failed can stay behind for good
+		// (seen: hashicorp/raft's "failed to get previous log ... log not
+		// found", then nothing), until its vault is restarted, which is
+		// what an operator would do after a disk incident.
+		ctx, cancel := context.WithTimeout(context.Background(), soakDiskRecovery)
+		err := s.nc.WaitHealthy(ctx)
+		cancel()
+		if err != nil {
+			s.counts["full disk, node restarted to catch up"]++
+			at := time.Now()
+			if err := s.nc.Kill(i); err != nil {
+				return what, err
+			}
+			s.ints = append(s.ints, interruption{node: i, from: at, to: at, kind: "kill"})
+			if err := s.nc.Restart(i); err != nil {
+				return what, err
+			}
+			what += fmt.Sprintf("; not caught up %s after freeing (%v): restarted", soakDiskRecovery, err)
 		}
 	}
 	ww := s.rs.snapshot(w)
