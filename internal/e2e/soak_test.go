@@ -87,6 +87,15 @@ func TestSoak(t *testing.T) {
 	fmt.Printf("soak: %s, seed %d (ERMEO_SOAK_SEED=%d to replay the schedule)\n", length, seed, seed)
 	t.Logf("seed %d", seed)
 
+	// The full-disk fault is opt-in (ERMEO_SOAK_FULL_DISK=1): with it, a
+	// 3-node Vault 1.21.1 cluster sometimes has no active node for minutes
+	// after a follower's disk was full and the node was restarted (seen in
+	// a 30-minute soak on 2026-12-01), which stops the soak before it
+	// measures anything about the plugin. TestFullDisk covers the plugin's
+	// side of a full disk on a single node.
+	if os.Getenv("ERMEO_SOAK_FULL_DISK") != "1" {
+		soakPrepareNode, soakFullDisk = nil, nil
+	}
 	if soakPrepareNode != nil {
 		// Registered first, so that it runs last: after the cluster stops.
 		t.Cleanup(func() {
