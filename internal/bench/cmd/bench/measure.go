@@ -202,7 +202,7 @@ func (e *env) countLeases(ctx context.Context, prefix string) (int, error) {
 // vault_expire_num_leases gauge, which also counts the scale step's leases,
 // one prefix per account).
 func (e *env) leasesLeft(ctx context.Context) error {
-	e.table.Section("6. Leases the run left live: Vault keeps each in storage and in memory until it expires (null's after 1 h, creds' at the token's usable end), then revokes it",
+	e.table.Section("6. Leases the run left live: Vault keeps each in storage and in memory until it expires (null's after 1 h; creds' after half of min_ttl unless renewed), then revokes it",
 		"lease prefix", "live leases")
 	for _, p := range leasedPrefixes {
 		n, err := e.countLeases(ctx, p)
