@@ -106,15 +106,15 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 // A creds lease is scheduled so that both of Vault's lease-aware readers get
 // the next token in time, and Vault Proxy can cache the answer:
 //
-//   - a token with at least min_ttl left gets a renewable lease of
-//     renewStep (half of min_ttl, whole seconds), renewable by renewStep at
-//     a time up to the token's lease end, min_ttl/2 before it expires, and
-//     never past it. Vault's lease renewer (in Agent and Proxy) renews
-//     every two thirds of renewStep; once a renewal comes back shorter it
-//     lets go, and that happens only after the token's usable end (min_ttl
-//     before it expires), so the read that follows refreshes: Proxy caches
-//     one answer per token, Agent reads again after the refresh is due and
-//     renders the new token.
+//   - a token with at least min_ttl left gets a renewable lease of one step
+//     (half of min_ttl, whole seconds), renewable by a step at a time up to
+//     the token's lease end, min_ttl/2 before it expires, and never past
+//     it. Vault's lease renewer (in Agent and Proxy) renews every two
+//     thirds of the lease; once a renewal comes back shorter it lets go,
+//     and that happens only after the token's usable end (min_ttl before it
+//     expires), so the read that follows refreshes: Proxy caches one answer
+//     per token, Agent reads again after the refresh is due and renders the
+//     new token.
 //   - a token read in the last seconds before its usable end gets a
 //     non-renewable lease of half its remaining life instead: Agent then
 //     sleeps 85-95% of it and reads again well after the usable end, in a
@@ -159,8 +159,9 @@ func leaseFor(now, expiresAt time.Time, minTTL time.Duration) credsLease {
 }
 
 // renewAccessToken renews a creds lease by its step, up to its end and never
-// past it (see credsLease). A renewal that would reach past the end is cut
-// to it, with a warning; at the end it fails: read creds again for the next
+// past it (see credsLease). A renewal that would reach past the end gets a
+// short last step instead, with a warning, and vault lease renew -increment
+// is cut at the end; at the end it fails: read creds again for the next
 // token. A lease whose token was replaced (an operator's rotate, or a
 // refresh) is renewed for one second only, with a warning, so that Vault's
 // renewer lets go at once and the next read gets the current token: a
