@@ -308,17 +308,25 @@ type agentProc struct {
 
 func startAgent(t *testing.T, bin, dir, cfgPath string) *agentProc {
 	t.Helper()
-	logPath := filepath.Join(dir, "agent.log")
+	return startVaultCommand(t, bin, "agent", dir, cfgPath)
+}
+
+// startVaultCommand starts `vault <command>` (agent or proxy) with the
+// config at cfgPath, logging at trace level into dir/<command>.log; it is
+// stopped by its pid when the test ends.
+func startVaultCommand(t *testing.T, bin, command, dir, cfgPath string) *agentProc {
+	t.Helper()
+	logPath := filepath.Join(dir, command+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "agent", "-config="+cfgPath, "-log-level=trace")
+	cmd := exec.Command(bin, command, "-config="+cfgPath, "-log-level=trace")
 	cmd.Env = append(cleanEnv(), "HOME="+dir)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		t.Fatalf("starting vault agent: %v", err)
+		t.Fatalf("starting vault %s: %v", command, err)
 	}
 	a := &agentProc{cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
@@ -327,7 +335,7 @@ func startAgent(t *testing.T, bin, dir, cfgPath string) *agentProc {
 		close(a.done)
 	}()
 	t.Cleanup(a.stop)
-	t.Logf("vault agent pid %d, config %s", cmd.Process.Pid, cfgPath)
+	t.Logf("vault %s pid %d, config %s", command, cmd.Process.Pid, cfgPath)
 	return a
 }
 

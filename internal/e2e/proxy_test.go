@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -275,32 +274,11 @@ func readThroughProxy(hc *http.Client, url string, fake *fakeermeo.Server) proxy
 	return r
 }
 
-// startProxy starts `vault proxy` with the config at cfgPath, logging at
-// trace level into dir/proxy.log; it is stopped by its pid when the test
-// ends.
+// startProxy starts `vault proxy` with the config at cfgPath (see
+// startVaultCommand).
 func startProxy(t *testing.T, bin, dir, cfgPath string) *agentProc {
 	t.Helper()
-	logPath := filepath.Join(dir, "proxy.log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "proxy", "-config="+cfgPath, "-log-level=trace")
-	cmd.Env = append(cleanEnv(), "HOME="+dir)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("starting vault proxy: %v", err)
-	}
-	p := &agentProc{cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(p.stop)
-	t.Logf("vault proxy pid %d, config %s", cmd.Process.Pid, cfgPath)
-	return p
+	return startVaultCommand(t, bin, "proxy", dir, cfgPath)
 }
 
 // waitProxyAuth waits until the proxy answers a request without a token
