@@ -2,10 +2,12 @@ package ermeosecrets
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/helper/backoff"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/queue"
@@ -310,7 +312,7 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 
 // persist tries again to store a refreshed pair whose first write failed
 // with err: at least persistAttempts attempts in all, and for up to
-// persistFor, with pauses growing to persistPause. It returns the last
+// persistFor, with pauses doubling (jittered) from 50 ms to persistPause. It returns the last
 // error, or nil once the pair is stored.
 func (s *accountStore) persist(ctx context.Context, st logical.Storage, name string, a *accountEntry, err error) error {
 	// The pair is worth more than the request: a reader that gives up
@@ -319,11 +321,11 @@ func (s *accountStore) persist(ctx context.Context, st logical.Storage, name str
 	start := time.Now()
 	s.logger().Warn("storage refused a refreshed token pair; trying again", "account", name, "generation", a.Generation,
 		"for", s.persistFor, "error", err)
-	pause := 50 * time.Millisecond
+	pauses := backoff.NewBackoff(math.MaxInt, 50*time.Millisecond, persistPause)
 	for attempt := 2; attempt <= persistAttempts || time.Since(start) < s.persistFor; attempt++ {
 		if s.persistFor > 0 {
-			time.Sleep(min(pause, persistPause))
-			pause *= 2
+			pause, _ := pauses.Next() // never ErrMaxRetry: the limit is persistFor
+			time.Sleep(pause)
 		}
 		if err = saveAccount(ctx, st, name, a); err == nil {
 			s.logger().Info("stored the refreshed token pair", "account", name, "generation", a.Generation,
