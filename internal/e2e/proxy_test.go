@@ -73,8 +73,11 @@ func (r proxyRead) left() time.Duration { return r.expires.Sub(r.at) }
 // reader got it and had at least half of min_ttl left, and counts, from a
 // file audit device on the server, how many creds reads reached the plugin
 // and how many leases Vault created per token generation: the goal is at most
-// 2 of each per generation. It prints the figures and, from the proxy's
-// trace log and the audit log, what the proxy did with each lease.
+// 2 of each per generation, leaving out the leases Vault Proxy makes while it
+// still renews another of the same generation (overlappingLeases), which
+// only its uncoalesced concurrent misses start. It prints the figures and,
+// from the proxy's trace log and the audit log, what the proxy did with each
+// lease.
 func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	if vault == nil {
 		t.Skip("e2e: " + skipReason)
@@ -200,6 +203,9 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	}
 	pl := parseProxyLog(proxy.log(), credsPath)
 	st.evictions = pl.count("evict")
+	st.concurrentMisses = pl.concurrentMisses()
+	st.overlappingIDs = overlappingLeases(gens, audit)
+	st.overlapping = len(st.overlappingIDs)
 
 	fmt.Print(proxyReport(t.Name(), gens, audit, pl, leases, st, renewalRefusal(vault.Log(), prefix, started)))
 
@@ -217,16 +223,75 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	}
 	// Why there were more: the plugin's leases made the proxy drop its
 	// answer more than once per token (evictions), or the proxy sent
-	// concurrent misses to Vault instead of one (forwards beyond one per
-	// eviction), which no lease can prevent.
-	cause := fmt.Sprintf("the proxy evicted its answer %d times, refused renewals: %d, requests forwarded beyond one per eviction: %d",
-		st.evictions, st.renewalsFailed, max(0, pl.count("forward")-st.evictions-1))
-	if st.pluginReads > 2*st.generations {
-		t.Errorf("%d creds reads reached the plugin for %d generations: more than 2 per generation (%s)", st.pluginReads, st.generations, cause)
+	// concurrent misses to Vault instead of one, which no lease can
+	// prevent. A lease created while the proxy still renewed another of the
+	// same generation is the proxy's (overlapping, below): with one renewer
+	// per cached answer that cannot happen. The plugin's own count leaves
+	// those out, and must stay within 2 per generation.
+	cause := fmt.Sprintf("the proxy evicted its answer %d times, refused renewals: %d, concurrent misses: %d, leases overlapping another of their generation: %d",
+		st.evictions, st.renewalsFailed, st.concurrentMisses, st.overlapping)
+	if own := st.pluginReads - st.overlapping; own > 2*st.generations {
+		t.Errorf("%d creds reads reached the plugin for %d generations (%d leaving out the proxy's overlapping leases): more than 2 per generation (%s)",
+			st.pluginReads, st.generations, own, cause)
 	}
-	if st.leases > 2*st.generations {
-		t.Errorf("Vault created %d leases for %d generations: more than 2 per generation (%s)", st.leases, st.generations, cause)
+	if own := st.leases - st.overlapping; own > 2*st.generations {
+		t.Errorf("Vault created %d leases for %d generations (%d leaving out the proxy's overlapping leases): more than 2 per generation (%s)",
+			st.leases, st.generations, own, cause)
 	}
+	// Overlapping leases start with a miss the proxy did not coalesce: if
+	// its log shows none, something else made them, and the test cannot
+	// tell the plugin is not the cause.
+	if st.overlapping > 0 && st.concurrentMisses == 0 {
+		t.Errorf("%d leases were created while the proxy still renewed another lease of the same generation, but its log shows no concurrent miss that would explain them (%s)",
+			st.overlapping, cause)
+	}
+}
+
+// overlappingLeases are the leases of creds/app created while the proxy
+// was still renewing another lease of the same token generation. With the
+// plugin's schedule, a correct cache renews one lease per generation: it
+// evicts its answer only when that lease's renewer lets go, after the
+// token's usable end, and the next read gets a new token. Vault Proxy 1.21
+// makes more in two ways (command/agentproxyshared/cache/lease_cache.go):
+// its in-flight guard can let concurrent misses through, each of whose
+// answers it caches and renews under the one index ID of the request; and
+// then each of those renewers, when it lets go, evicts whatever answer that
+// ID holds, the newer generation's included, so that the next read makes
+// another lease of that generation, and so on.
+func overlappingLeases(gens []*proxyGen, a *proxyAudit) map[string]bool {
+	lastRenewal := map[string]time.Time{}
+	for _, r := range a.renewals {
+		if r.err == "" && r.leaseID != "" && r.at.After(lastRenewal[r.leaseID]) {
+			lastRenewal[r.leaseID] = r.at
+		}
+	}
+	byHash := map[string]*proxyGen{}
+	for _, g := range gens {
+		byHash[g.hash] = g
+	}
+	type created struct {
+		id string
+		at time.Time
+	}
+	perGen := map[*proxyGen][]created{}
+	for _, c := range a.creds {
+		if g := byHash[c.tokenHash]; g != nil && c.leaseID != "" {
+			perGen[g] = append(perGen[g], created{c.leaseID, c.at})
+		}
+	}
+	out := map[string]bool{}
+	for _, ls := range perGen {
+		sort.Slice(ls, func(i, j int) bool { return ls[i].at.Before(ls[j].at) })
+		for i, l := range ls {
+			for _, earlier := range ls[:i] {
+				if lastRenewal[earlier.id].After(l.at) {
+					out[l.id] = true
+					break
+				}
+			}
+		}
+	}
+	return out
 }
 
 // readThroughProxy reads creds once through the proxy, without a Vault
@@ -372,6 +437,12 @@ type proxyStats struct {
 	generations, refreshes   int
 	renewals, renewalsFailed int
 	evictions                int
+	// concurrentMisses: requests the proxy forwarded with no eviction
+	// since the one before (its in-flight guard let them through);
+	// overlapping: leases created while the proxy renewed another of the
+	// same generation (overlappingLeases).
+	concurrentMisses, overlapping int
+	overlappingIDs                map[string]bool
 	// missLease is the lease_duration of the answer of each lease, as
 	// the reader whose read reached Vault got it.
 	missLease map[string]int
@@ -593,6 +664,25 @@ func (p *proxyLog) count(kind string) int {
 	return n
 }
 
+// concurrentMisses counts the requests for creds the proxy forwarded to
+// Vault with no eviction since the one it forwarded before: misses its
+// in-flight guard did not hold back, each its own read at the plugin.
+func (p *proxyLog) concurrentMisses() int {
+	n, forwarded, evicted := 0, false, false
+	for _, e := range p.events {
+		switch e.kind {
+		case "evict":
+			evicted = true
+		case "forward":
+			if forwarded && !evicted {
+				n++
+			}
+			forwarded, evicted = true, false
+		}
+	}
+	return n
+}
+
 // proxyLogKinds are the messages of Vault Proxy's lease cache
 // (command/agentproxyshared/cache/lease_cache.go, Vault 1.21) that say what
 // it did with a cached lease.
@@ -767,6 +857,9 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 			if !l.evicted.IsZero() {
 				fmt.Fprintf(&b, "; evicted at %s (%s), cached for %.1fs", l.evicted.Format("05.000"), left(l.evicted), l.evicted.Sub(l.read).Seconds())
 			}
+			if st.overlappingIDs[l.id] {
+				b.WriteString("; made while the proxy renewed another lease of this generation")
+			}
 			b.WriteString("\n")
 		}
 	}
@@ -775,8 +868,10 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 		st.served, st.hits, st.served-st.hits, st.failed, st.renewals, st.renewalsFailed, st.refreshes)
 	fmt.Fprintf(&b, "proxy's log: %d creds requests forwarded to Vault, %d answers stored, %d evictions, %d renewals halted with no error, %d failed-renewal lines\n",
 		pl.count("forward"), pl.count("store"), st.evictions, pl.count("halted"), pl.count("renew-failed"))
-	if extra := pl.count("forward") - st.evictions - 1; extra > 0 {
-		fmt.Fprintf(&b, "proxy: %d requests forwarded beyond one per eviction: concurrent misses it did not coalesce\n", extra)
+	if st.concurrentMisses > 0 || st.overlapping > 0 {
+		fmt.Fprintf(&b, "proxy: %d concurrent misses its in-flight guard let through to Vault; %d leases made while it renewed another of the same generation (each superseded renewer, letting go, evicts the newer answer under the same index ID); leaving those out, %d creds reads at the plugin and %d leases (%.1f and %.1f per generation)\n",
+			st.concurrentMisses, st.overlapping, st.pluginReads-st.overlapping, st.leases-st.overlapping,
+			float64(st.pluginReads-st.overlapping)/float64(nG), float64(st.leases-st.overlapping)/float64(nG))
 	}
 	if refusal != "" {
 		fmt.Fprintf(&b, "first refused renewal in vault's log: %s\n", refusal)
