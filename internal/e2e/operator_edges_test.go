@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/auditlog"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -320,26 +320,12 @@ func (s edgeSearch) search(t *testing.T, secrets map[string]string) (int, string
 // auditErrors returns the non-empty "error" fields of the audit log's
 // entries for requests to path, as "<type>: <error>".
 func auditErrors(file, path string) []string {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
+	entries, _ := auditlog.ReadFile(file)
 	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		var entry struct {
-			Type    string `json:"type"`
-			Error   string `json:"error"`
-			Request struct {
-				Path string `json:"path"`
-			} `json:"request"`
+	for _, e := range entries {
+		if e.Path == path && e.Error != "" {
+			out = append(out, e.Type+": "+e.Error)
 		}
-		if json.Unmarshal(sc.Bytes(), &entry) != nil || entry.Request.Path != path || entry.Error == "" {
-			continue
-		}
-		out = append(out, entry.Type+": "+entry.Error)
 	}
 	return out
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/auditlog"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -522,55 +522,23 @@ type proxyAudit struct {
 // and to the renewals made with a token of policy, from since on.
 func parseProxyAudit(t *testing.T, file, credsPath, policy string, since time.Time) *proxyAudit {
 	t.Helper()
-	f, err := os.Open(file)
+	entries, err := auditlog.ReadFile(file)
 	if err != nil {
-		t.Fatalf("reading the audit log: %v", err)
+		t.Fatal(err)
 	}
-	defer f.Close()
 	a := &proxyAudit{leaseIDs: map[string]bool{}}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		var entry struct {
-			Type  string `json:"type"`
-			Time  string `json:"time"`
-			Error string `json:"error"`
-			Auth  struct {
-				Policies []string `json:"policies"`
-			} `json:"auth"`
-			Request struct {
-				Path      string         `json:"path"`
-				Operation string         `json:"operation"`
-				Data      map[string]any `json:"data"`
-			} `json:"request"`
-			Response struct {
-				Secret *struct {
-					LeaseID string `json:"lease_id"`
-				} `json:"secret"`
-				Data map[string]any `json:"data"`
-			} `json:"response"`
-		}
-		if json.Unmarshal(sc.Bytes(), &entry) != nil || entry.Type != "response" {
+	for _, e := range entries {
+		if e.Type != "response" || e.Time.Before(since) {
 			continue
-		}
-		at, err := time.Parse(time.RFC3339Nano, entry.Time)
-		if err != nil || at.Before(since) {
-			continue
-		}
-		leaseID := ""
-		if entry.Response.Secret != nil {
-			leaseID = entry.Response.Secret.LeaseID
 		}
 		switch {
-		case entry.Request.Path == credsPath && entry.Request.Operation == "read":
-			tok, _ := entry.Response.Data["access_token"].(string)
-			a.creds = append(a.creds, auditCreds{at: at, leaseID: leaseID, tokenHash: tok, err: entry.Error})
-			if leaseID != "" {
-				a.leaseIDs[leaseID] = true
+		case e.Path == credsPath && e.Operation == "read":
+			a.creds = append(a.creds, auditCreds{at: e.Time, leaseID: e.LeaseID, tokenHash: e.AccessToken, err: e.Error})
+			if e.LeaseID != "" {
+				a.leaseIDs[e.LeaseID] = true
 			}
-		case (entry.Request.Path == "sys/leases/renew" || entry.Request.Path == "sys/renew") && hasString(entry.Auth.Policies, policy):
-			hash, _ := entry.Request.Data["lease_id"].(string)
-			a.renewals = append(a.renewals, auditRenewal{at: at, leaseID: leaseID, leaseHash: hash, err: entry.Error})
+		case (e.Path == "sys/leases/renew" || e.Path == "sys/renew") && hasString(e.Policies, policy):
+			a.renewals = append(a.renewals, auditRenewal{at: e.Time, leaseID: e.LeaseID, leaseHash: e.RenewOf, err: e.Error})
 		}
 	}
 	return a

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/auditlog"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/bench"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/e2e"
 )
@@ -84,11 +83,11 @@ func (e *env) proxyStep(ctx context.Context) error {
 		return fmt.Errorf("enabling the file audit device: %w", err)
 	}
 	defer func() { _ = e.v.Client.Sys().DisableAuditWithContext(context.WithoutCancel(ctx), "bench-proxy") }()
-	audit, err := openAudit(auditFile)
+	audit, err := auditlog.OpenTail(auditFile)
 	if err != nil {
 		return err
 	}
-	defer audit.close()
+	defer audit.Close()
 
 	p, err := e.startProxy(ctx, dir)
 	if err != nil {
@@ -99,7 +98,7 @@ func (e *env) proxyStep(ctx context.Context) error {
 		return err
 	}
 	e.progress("proxy: vault proxy pid %d on %s", p.cmd.Process.Pid, p.url)
-	if _, err := audit.next(); err != nil { // the proxy's login
+	if _, err := audit.Next(); err != nil { // the proxy's login
 		return err
 	}
 
@@ -121,7 +120,7 @@ func (e *env) proxyStep(ctx context.Context) error {
 
 // proxyThroughput is the step's first table: readers at full speed through
 // the proxy, each row beside the direct leased read.
-func (e *env) proxyThroughput(ctx context.Context, p *proxyProc, audit *auditTail) error {
+func (e *env) proxyThroughput(ctx context.Context, p *proxyProc, audit *auditlog.Tail) error {
 	e.table.Section(fmt.Sprintf("5. Vault Proxy (examples/proxy/proxy.hcl; started by the bench, stopped by pid): N readers with no Vault token share one HTTP client to the proxy, %s per row; direct rows are %s, every one of whose reads reaches the plugin and makes a lease; a proxy row's plugin reads and leases are the creds reads in Vault's audit log (a file device enabled for this section) and the lease ids of their answers, from the row's 300 ms warm-up to its end; renewals: the proxy's sys/leases/renew of those leases", *flagDuration, e.directFrom),
 		"readers", "path", "req/s", "p50", "p99", "errors", "cache hits", "plugin reads", "leases", "renewals")
 	const path = "ermeo/creds/app"
@@ -143,7 +142,7 @@ func (e *env) proxyThroughput(ctx context.Context, p *proxyProc, audit *auditTai
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		entries, err := audit.next()
+		entries, err := audit.Next()
 		if err != nil {
 			return err
 		}
@@ -193,7 +192,7 @@ type proxyGen struct {
 
 // proxyGoal is issue 13's goal row: 50 readers through the proxy over three
 // lifetimes of the fake's short tokens.
-func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditTail) error {
+func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditlog.Tail) error {
 	path := "ermeo-short/creds/" + proxyAccount
 	e.progress("proxy: %d readers through the proxy reading %s for %s (tokens of %s, min_ttl %s)", proxyReaders, path, proxyWindow, proxyTokenTTL, proxyMinTTL)
 	hc := proxyHTTPClient(proxyReaders)
@@ -218,7 +217,7 @@ func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditTail) err
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	entries, err := audit.next()
+	entries, err := audit.Next()
 	if err != nil {
 		return err
 	}
@@ -265,10 +264,10 @@ func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditTail) err
 	// Each plugin read to the generation of the token it answered.
 	unmatched := 0
 	for _, cr := range c.creds {
-		if g := byToken[cr.token]; g != nil {
+		if g := byToken[cr.AccessToken]; g != nil {
 			g.pluginReads++
-			if cr.leaseID != "" {
-				g.leases[cr.leaseID] = true
+			if cr.LeaseID != "" {
+				g.leases[cr.LeaseID] = true
 			}
 		} else {
 			unmatched++
@@ -276,9 +275,9 @@ func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditTail) err
 	}
 	for _, r := range c.renewalsOf {
 		for _, g := range gens {
-			if g.leases[r.renewOf] {
+			if g.leases[r.RenewOf] {
 				g.renewals++
-				if r.err != "" {
+				if r.Error != "" {
 					g.refused++
 				}
 			}
@@ -542,103 +541,36 @@ func (p *proxyProc) read(ctx context.Context, hc *http.Client, path string) (pro
 	return a, nil
 }
 
-// auditTail reads the entries a file audit device appends.
-type auditTail struct {
-	f       *os.File
-	r       *bufio.Reader
-	partial []byte
-}
-
-// auditEntry is one response entry of the audit log, what the step counts.
-type auditEntry struct {
-	path, op string
-	err      string
-	token    string // the answer's access_token (log_raw)
-	leaseID  string // the answer's lease
-	renewOf  string // a renewal's lease_id
-}
-
-func openAudit(file string) (*auditTail, error) {
-	// The device creates the file when it is enabled.
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, fmt.Errorf("opening the audit log: %w", err)
-	}
-	return &auditTail{f: f, r: bufio.NewReaderSize(f, 1<<20)}, nil
-}
-
-func (a *auditTail) close() { a.f.Close() }
-
-// next returns the response entries appended since the last call.
-func (a *auditTail) next() ([]auditEntry, error) {
-	var out []auditEntry
-	for {
-		line, err := a.r.ReadBytes('\n')
-		if err == io.EOF {
-			a.partial = append(a.partial, line...) // a line being written
-			return out, nil
-		}
-		if err != nil {
-			return out, fmt.Errorf("reading the audit log: %w", err)
-		}
-		if len(a.partial) > 0 {
-			line = append(a.partial, line...)
-			a.partial = nil
-		}
-		var entry struct {
-			Type    string `json:"type"`
-			Error   string `json:"error"`
-			Request struct {
-				Path      string         `json:"path"`
-				Operation string         `json:"operation"`
-				Data      map[string]any `json:"data"`
-			} `json:"request"`
-			Response struct {
-				Secret *struct {
-					LeaseID string `json:"lease_id"`
-				} `json:"secret"`
-				Data map[string]any `json:"data"`
-			} `json:"response"`
-		}
-		if json.Unmarshal(bytes.TrimSpace(line), &entry) != nil || entry.Type != "response" {
-			continue
-		}
-		e := auditEntry{path: entry.Request.Path, op: entry.Request.Operation, err: entry.Error}
-		e.token, _ = entry.Response.Data["access_token"].(string)
-		if entry.Response.Secret != nil {
-			e.leaseID = entry.Response.Secret.LeaseID
-		}
-		e.renewOf, _ = entry.Request.Data["lease_id"].(string)
-		out = append(out, e)
-	}
-}
-
 // auditCount is what the audit log says reached Vault about one creds path.
 type auditCount struct {
 	reads                 int // creds reads that reached the plugin
-	creds                 []auditEntry
+	creds                 []auditlog.Entry
 	leases                map[string]bool // lease ids of their answers
 	renewals, renewFailed int             // renewals of leases of the path
-	renewalsOf            []auditEntry
+	renewalsOf            []auditlog.Entry
 }
 
-func countAudit(entries []auditEntry, path string) auditCount {
+// countAudit counts the response entries about path.
+func countAudit(entries []auditlog.Entry, path string) auditCount {
 	c := auditCount{leases: map[string]bool{}}
 	for _, e := range entries {
+		if e.Type != "response" {
+			continue
+		}
 		switch {
-		case e.path == path && e.op == "read":
+		case e.Path == path && e.Operation == "read":
 			c.reads++
 			c.creds = append(c.creds, e)
-			if e.leaseID != "" {
-				c.leases[e.leaseID] = true
+			if e.LeaseID != "" {
+				c.leases[e.LeaseID] = true
 			}
-		case strings.HasPrefix(e.path, "sys/leases/renew") || strings.HasPrefix(e.path, "sys/renew"):
-			if !strings.HasPrefix(e.renewOf, path+"/") && !strings.Contains(e.path, "/"+path+"/") {
+		case strings.HasPrefix(e.Path, "sys/leases/renew") || strings.HasPrefix(e.Path, "sys/renew"):
+			if !strings.HasPrefix(e.RenewOf, path+"/") && !strings.Contains(e.Path, "/"+path+"/") {
 				continue
 			}
 			c.renewals++
 			c.renewalsOf = append(c.renewalsOf, e)
-			if e.err != "" {
+			if e.Error != "" {
 				c.renewFailed++
 			}
 		}
