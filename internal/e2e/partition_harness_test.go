@@ -158,8 +158,14 @@ type nsReaders struct {
 	failed        []int
 	invalid       int
 	invalidSample []string
-	errorKinds    map[string]int
-	cur           *window
+	// expiredInTransit counts tokens that expired between the plugin's
+	// answer and the reader's receipt (tokenVerdict), longestTransit the
+	// longest such read.
+	expiredInTransit int
+	transitSample    []string
+	longestTransit   time.Duration
+	errorKinds       map[string]int
+	cur              *window
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -187,7 +193,9 @@ func startReaders(t *testing.T, nc *nsCluster, readers int, accounts []string) *
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				sent := time.Now()
 				s, err := client.Logical().ReadWithContext(ctx, path)
+				got := time.Now()
 				cancel()
 				if err == nil && s == nil {
 					err = errors.New("creds read returned nothing")
@@ -196,7 +204,8 @@ func startReaders(t *testing.T, nc *nsCluster, readers int, accounts []string) *
 				if err == nil {
 					tok, _ = s.Data["access_token"].(string)
 				}
-				rs.note(node, account, err, tok, err == nil && nc.fake.AccessTokenValid(tok))
+				expires, issued := nc.fake.AccessTokenExpiresAt(tok)
+				rs.note(node, account, err, tok, tokenVerdict(expires, issued, sent, got), got.Sub(sent))
 				pause := 50 * time.Millisecond
 				if err != nil {
 					pause = 100 * time.Millisecond
@@ -213,7 +222,45 @@ func startReaders(t *testing.T, nc *nsCluster, readers int, accounts []string) *
 	return rs
 }
 
-func (rs *nsReaders) note(node int, account string, err error, tok string, valid bool) {
+// A reader's verdict on a token it got.
+type verdict int
+
+const (
+	tokenValid verdict = iota
+	// tokenExpiredInTransit: Ermeo no longer accepted it when the answer
+	// came, but it had at least servedLifeFloor left when the read was
+	// sent, so the plugin, whose clock is the fake's and which counts a
+	// token's life from before Ermeo issued it, handed it out with at
+	// least that much: Vault took longer than the token's life left to
+	// deliver the answer (a creds read's lease is a Raft write, which a
+	// log compaction can hold up for seconds).
+	tokenExpiredInTransit
+	tokenInvalid
+)
+
+// servedLifeFloor is the least life the plugin leaves a token it hands out:
+// a token that could not be refreshed is served, with a warning, while it
+// has at least this much left (serveStale).
+const servedLifeFloor = time.Second
+
+// tokenVerdict judges a token by when the fake stops accepting it (and
+// whether the fake issued it at all) against when the read was sent and
+// when its answer came, so that a reader's own delay in asking the fake
+// does not count.
+func tokenVerdict(expires time.Time, issued bool, sent, got time.Time) verdict {
+	switch {
+	case !issued:
+		return tokenInvalid
+	case !got.After(expires):
+		return tokenValid
+	case !expires.Before(sent.Add(servedLifeFloor)):
+		return tokenExpiredInTransit
+	default:
+		return tokenInvalid
+	}
+}
+
+func (rs *nsReaders) note(node int, account string, err error, tok string, v verdict, took time.Duration) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	w := rs.cur
@@ -243,11 +290,19 @@ func (rs *nsReaders) note(node int, account string, err error, tok string, valid
 			w.servedOn++
 		}
 	}
-	if !valid {
+	switch v {
+	case tokenInvalid:
 		rs.invalid++
 		if len(rs.invalidSample) < 10 {
-			rs.invalidSample = append(rs.invalidSample, fmt.Sprintf("node%d at %s: creds/%s returned a token of %d chars that the fake does not accept",
-				node+1, time.Now().UTC().Format("15:04:05.000"), account, len(tok)))
+			rs.invalidSample = append(rs.invalidSample, fmt.Sprintf("node%d at %s: creds/%s returned, after %s, a token of %d chars that the fake does not accept",
+				node+1, time.Now().UTC().Format("15:04:05.000"), account, took.Round(time.Millisecond), len(tok)))
+		}
+	case tokenExpiredInTransit:
+		rs.expiredInTransit++
+		rs.longestTransit = max(rs.longestTransit, took)
+		if len(rs.transitSample) < 3 {
+			rs.transitSample = append(rs.transitSample, fmt.Sprintf("node%d at %s: creds/%s after %s",
+				node+1, time.Now().UTC().Format("15:04:05.000"), account, took.Round(time.Millisecond)))
 		}
 	}
 }
@@ -601,4 +656,15 @@ func pluginLogKinds(n *Node, from, to time.Time) []string {
 		out = append(out, fmt.Sprintf("%d × %q", counts[msg], msg))
 	}
 	return out
+}
+
+// transitNote explains the tokens that expired in transit, or is "".
+func (rs *nsReaders) transitNote() string {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.expiredInTransit == 0 {
+		return ""
+	}
+	return fmt.Sprintf("   (valid for at least %s when the read was sent, expired when its answer came: the longest such read took %s; %s)",
+		servedLifeFloor, rs.longestTransit.Round(time.Millisecond), strings.Join(rs.transitSample, "; "))
 }

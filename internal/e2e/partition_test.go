@@ -125,7 +125,8 @@ func TestPartitionedLeader(t *testing.T) {
 			fmt.Printf("partition %d:   %s\n", i+1, line)
 		}
 	}
-	fmt.Printf("partition: reads served %d, failed %d; tokens the fake did not accept: %d\n", served, failed, rs.invalid)
+	fmt.Printf("partition: reads served %d, failed %d; tokens the fake did not accept: %d; tokens expired in transit: %d%s\n",
+		served, failed, rs.invalid, rs.expiredInTransit, rs.transitNote())
 	rs.printErrorKinds("partition:")
 	fmt.Printf("partition: refreshes %d (outcomes %v), password grants %v\n",
 		counters.Grants["refresh_token"]["success"], counters.Grants["refresh_token"], counters.Grants["password"])

@@ -182,6 +182,7 @@ func TestSoak(t *testing.T) {
 	}
 	fmt.Fprintf(&b, "  reads served (failed)          %d (%d)\n", served, failed)
 	fmt.Fprintf(&b, "  tokens Ermeo refused, served   %d\n", rs.invalid)
+	fmt.Fprintf(&b, "  tokens expired in transit      %d%s\n", rs.expiredInTransit, rs.transitNote())
 	fmt.Fprintf(&b, "  refreshes at the fake          %d  (outcomes %v)\n", counters.Grants["refresh_token"]["success"], counters.Grants["refresh_token"])
 	fmt.Fprintf(&b, "  password grants                %v\n", counters.Grants["password"])
 	fmt.Fprintf(&b, "  answers dropped by the network %d\n", counters.AnswersDropped)
