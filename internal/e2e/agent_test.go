@@ -372,16 +372,34 @@ type agentLease struct {
 // before the test saw it shows its renewed end, which for this plugin is its
 // first end (renewals never extend past the token's usable end).
 func collectLeases(path string, leases map[string]agentLease, since time.Time) {
-	prefix := path + "/"
+	known := func(id string) bool { _, ok := leases[id]; return ok }
+	for _, l := range lookupLeases(path+"/", known) {
+		if !l.issued.Before(since) {
+			leases[l.id] = agentLease{issued: l.issued, ttl: l.expires.Sub(l.issued).Round(100 * time.Millisecond)}
+		}
+	}
+}
+
+// leaseLookup is what sys/leases/lookup says of one lease.
+type leaseLookup struct {
+	id                       string
+	issued, expires, renewed time.Time // renewed: zero before the first renewal
+}
+
+// lookupLeases lists the leases under prefix on the shared server and looks
+// up each one that skip (if not nil) does not rule out; a lease gone between
+// the list and its lookup is left out.
+func lookupLeases(prefix string, skip func(id string) bool) []leaseLookup {
 	l := vault.Client.Logical()
 	s, err := l.List("sys/leases/lookup/" + prefix)
 	if err != nil || s == nil {
-		return
+		return nil
 	}
+	var out []leaseLookup
 	keys, _ := s.Data["keys"].([]any)
 	for _, k := range keys {
 		id := prefix + fmt.Sprint(k)
-		if _, ok := leases[id]; ok {
+		if skip != nil && skip(id) {
 			continue
 		}
 		info, err := l.Write("sys/leases/lookup", map[string]any{"lease_id": id})
@@ -390,11 +408,16 @@ func collectLeases(path string, leases map[string]agentLease, since time.Time) {
 		}
 		issued, err1 := time.Parse(time.RFC3339Nano, fmt.Sprint(info.Data["issue_time"]))
 		expires, err2 := time.Parse(time.RFC3339Nano, fmt.Sprint(info.Data["expire_time"]))
-		if err1 != nil || err2 != nil || issued.Before(since) {
+		if err1 != nil || err2 != nil {
 			continue
 		}
-		leases[id] = agentLease{issued: issued, ttl: expires.Sub(issued).Round(100 * time.Millisecond)}
+		lk := leaseLookup{id: id, issued: issued, expires: expires}
+		if v, ok := info.Data["last_renewal"].(string); ok && v != "" {
+			lk.renewed, _ = time.Parse(time.RFC3339Nano, v)
+		}
+		out = append(out, lk)
 	}
+	return out
 }
 
 // agentRead is one read of creds/<name> by Agent (consul-template's

@@ -379,33 +379,13 @@ type leaseSeen struct {
 
 // pollLeases records the leases under prefix and their renewals.
 func pollLeases(prefix string, seen map[string]*leaseSeen) {
-	l := vault.Client.Logical()
-	s, err := l.List("sys/leases/lookup/" + prefix)
-	if err != nil || s == nil {
-		return
-	}
-	keys, _ := s.Data["keys"].([]any)
-	for _, k := range keys {
-		id := prefix + fmt.Sprint(k)
-		info, err := l.Write("sys/leases/lookup", map[string]any{"lease_id": id})
-		if err != nil || info == nil {
-			continue
-		}
-		issued, err1 := time.Parse(time.RFC3339Nano, fmt.Sprint(info.Data["issue_time"]))
-		expires, err2 := time.Parse(time.RFC3339Nano, fmt.Sprint(info.Data["expire_time"]))
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		var renewed time.Time
-		if v, ok := info.Data["last_renewal"].(string); ok && v != "" {
-			renewed, _ = time.Parse(time.RFC3339Nano, v)
-		}
-		ls := seen[id]
+	for _, l := range lookupLeases(prefix, nil) {
+		ls := seen[l.id]
 		if ls == nil {
-			ls = &leaseSeen{issued: issued, expires: map[time.Time]time.Time{}}
-			seen[id] = ls
+			ls = &leaseSeen{issued: l.issued, expires: map[time.Time]time.Time{}}
+			seen[l.id] = ls
 		}
-		ls.expires[renewed] = expires
+		ls.expires[l.renewed] = l.expires
 	}
 }
 
