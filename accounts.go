@@ -312,8 +312,8 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 
 // persist tries again to store a refreshed pair whose first write failed
 // with err: at least persistAttempts attempts in all, and for up to
-// persistFor, with pauses doubling (jittered) from 50 ms to persistPause. It returns the last
-// error, or nil once the pair is stored.
+// persistFor, with pauses doubling (jittered) from 50 ms to persistPause.
+// It returns the last error, or nil once the pair is stored.
 func (s *accountStore) persist(ctx context.Context, st logical.Storage, name string, a *accountEntry, err error) error {
 	// The pair is worth more than the request: a reader that gives up
 	// does not stop it from being stored.

@@ -353,7 +353,7 @@ func (a *agentProc) exited() bool {
 
 // stop ends the agent process by its pid: SIGTERM, then SIGKILL after 10 s.
 func (a *agentProc) stop() {
-	stopProcess(a.cmd.Process, a.done, 10*time.Second)
+	StopProcess(a.cmd.Process, a.done, 10*time.Second)
 }
 
 func (a *agentProc) log() string {

@@ -852,7 +852,7 @@ func (n *Node) stop() {
 			n.mu.Lock()
 			n.orphans = append(n.orphans, plugins...)
 			n.mu.Unlock()
-			stopProcess(cmd.Process, done, 15*time.Second)
+			StopProcess(cmd.Process, done, 15*time.Second)
 		}
 	}
 	n.killOrphans()

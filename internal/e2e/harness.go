@@ -247,12 +247,12 @@ func (v *Vault) Stop() {
 	if v == nil || v.cmd == nil || v.cmd.Process == nil {
 		return
 	}
-	stopProcess(v.cmd.Process, v.done, 15*time.Second)
+	StopProcess(v.cmd.Process, v.done, 15*time.Second)
 }
 
-// stopProcess ends a process this package started, by its pid: SIGTERM, then
+// StopProcess ends a process this package started, by its pid: SIGTERM, then
 // SIGKILL after grace. done is closed once the process's Wait has returned.
-func stopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) {
+func StopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) {
 	select {
 	case <-done:
 		return

@@ -292,7 +292,7 @@ func startPrometheus(t *testing.T, bin, dir, cfgPath string) *promProc {
 		f.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() { stopProcess(cmd.Process, p.done, 10*time.Second) })
+	t.Cleanup(func() { StopProcess(cmd.Process, p.done, 10*time.Second) })
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {

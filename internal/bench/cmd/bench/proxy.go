@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -142,11 +141,10 @@ func (e *env) proxyThroughput(ctx context.Context, p *proxyProc, audit *auditlog
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		entries, err := audit.Next()
+		c, err := countNewAudit(audit, path)
 		if err != nil {
 			return err
 		}
-		c := countAudit(entries, path)
 		d := e.direct[workers]
 		e.table.Row(fmt.Sprint(workers), "direct", fmt.Sprintf("%.0f", d.PerSecond()), bench.Ms(d.P(0.5)), bench.Ms(d.P(0.99)),
 			fmt.Sprint(d.Errors), "-", fmt.Sprintf("%d (every read)", d.Ops), fmt.Sprintf("%d (every read)", d.Ops), "-")
@@ -217,11 +215,10 @@ func (e *env) proxyGoal(ctx context.Context, p *proxyProc, audit *auditlog.Tail)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	entries, err := audit.Next()
+	c, err := countNewAudit(audit, path)
 	if err != nil {
 		return err
 	}
-	c := countAudit(entries, path)
 
 	var reads []proxyRead
 	for _, rs := range perReader {
@@ -465,13 +462,7 @@ func (p *proxyProc) stop() {
 		default:
 		}
 		p.stopped = true
-		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
+		e2e.StopProcess(p.cmd.Process, p.done, 5*time.Second)
 	})
 }
 
@@ -550,8 +541,10 @@ type auditCount struct {
 	renewalsOf            []auditlog.Entry
 }
 
-// countAudit counts the response entries about path.
-func countAudit(entries []auditlog.Entry, path string) auditCount {
+// countNewAudit counts the response entries about path that the audit
+// device appended since the last read of audit.
+func countNewAudit(audit *auditlog.Tail, path string) (auditCount, error) {
+	entries, err := audit.Next()
 	c := auditCount{leases: map[string]bool{}}
 	for _, e := range entries {
 		if e.Type != "response" {
@@ -575,5 +568,5 @@ func countAudit(entries []auditlog.Entry, path string) auditCount {
 			}
 		}
 	}
-	return c
+	return c, err
 }
