@@ -61,23 +61,15 @@ func unmountSoakDisks() error {
 }
 
 func (s *soak) fullDisk() (string, error) {
-	active, err := s.nc.Leader()
+	i, _, role, err := s.pickNode()
 	if err != nil {
 		return "", err
-	}
-	i := active
-	if s.rng.Intn(2) == 0 {
-		i = s.rng.Intn(len(s.nc.Nodes))
 	}
 	soakDisks.Lock()
 	d := soakDisks.byNode[s.nc.Nodes[i].Index]
 	soakDisks.Unlock()
 	if d == nil {
 		return "", fmt.Errorf("node%d has no small disk", i+1)
-	}
-	role := "a standby"
-	if i == active {
-		role = "the active node"
 	}
 	hold := time.Duration(2+s.rng.Intn(5)) * time.Second
 	w := s.rs.begin(i)

@@ -212,20 +212,30 @@ func TestSoak(t *testing.T) {
 	stopAndCheck(t, nc)
 }
 
-// nodeKill kills -9 a node's vault (the active one half the time), waits
-// for an active node if it was the active one, and restarts it 1-3 s later.
-func (s *soak) nodeKill() (string, error) {
-	active, err := s.nc.Leader()
+// pickNode draws the node a fault is about: the active one half the time,
+// any node otherwise. role says which it is, for the step's line.
+func (s *soak) pickNode() (i, active int, role string, err error) {
+	active, err = s.nc.Leader()
 	if err != nil {
-		return "", err
+		return 0, 0, "", err
 	}
-	i := active
+	i = active
 	if s.rng.Intn(2) == 0 {
 		i = s.rng.Intn(len(s.nc.Nodes))
 	}
-	role := "a standby"
+	role = "a standby"
 	if i == active {
 		role = "the active node"
+	}
+	return i, active, role, nil
+}
+
+// nodeKill kills -9 a node's vault (the active one half the time), waits
+// for an active node if it was the active one, and restarts it 1-3 s later.
+func (s *soak) nodeKill() (string, error) {
+	i, active, role, err := s.pickNode()
+	if err != nil {
+		return "", err
 	}
 	w := s.rs.begin(i)
 	defer s.rs.end(w)
