@@ -3,19 +3,19 @@ package ermeosecrets
 import (
 	"context"
 	"math"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/helper/backoff"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/queue"
 )
 
 // The account store: one account's state, wherever it lives. It is the only
 // code that touches the cache of entries, the overlay of refreshed pairs that
-// storage refused, and the keep-alive schedule; storage.go holds the keys.
+// storage refused, and the keep-alive schedule and its load from storage
+// (keepalive.go starts and stops loads through its methods); storage.go holds
+// the keys.
 //
 //	get        the newest known state, without the lock (cache, overlay or storage)
 //	getLocked  the state under the account's lock: overlay or storage, never the cache
@@ -194,28 +194,26 @@ const persistPause = time.Second
 // retryDelay is when an account whose state could not be read is looked at again.
 const retryDelay = time.Minute
 
-// accountStore holds what is known of every account of one mount.
+// accountStore holds what is known of every account of one mount. Its
+// memory is guarded by mu, which is never held across a storage or Ermeo
+// call (see locks.go).
 type accountStore struct {
 	// locks serialize every read-modify-write of one account and every
 	// rotation of its refresh chain. Never hold two at once.
-	locks []*locksutil.LockEntry
+	locks *accountLocks
 
+	mu mutex
 	// cache is what storage holds, so that a read of a token with enough
-	// life left makes no storage call: name -> *accountEntry, never mutated
-	// once stored. Written through by put; dropped by invalidate.
-	cache sync.Map
-
+	// life left makes no storage call: name -> entry, never mutated once
+	// stored. Written through by put; dropped by invalidate.
+	cache map[string]*accountEntry
 	// unsaved holds, per account, a refreshed pair whose storage write
 	// failed: served from memory and written again at the next chance.
-	unsavedMu sync.Mutex
-	unsaved   map[string]*accountEntry
-
+	unsaved map[string]*accountEntry
 	// queue is the keep-alive schedule: each account by when it is due.
 	queue *queue.PriorityQueue
-	// loadMu guards loaded and stopLoading.
-	loadMu      sync.Mutex
-	loaded      bool               // the queue holds every account
-	stopLoading context.CancelFunc // cancels a load in progress (Clean)
+	// load is the schedule's load from storage (see loadSchedule).
+	load scheduleLoadState
 
 	now    func() time.Time
 	config func() *configEntry // the cached config, for config's defaults; nil if none
@@ -228,7 +226,8 @@ type accountStore struct {
 
 func newAccountStore(now func() time.Time, config func() *configEntry, logger func() hclog.Logger) *accountStore {
 	return &accountStore{
-		locks:      locksutil.CreateLocks(),
+		locks:      newAccountLocks(),
+		cache:      map[string]*accountEntry{},
 		unsaved:    map[string]*accountEntry{},
 		queue:      queue.New(),
 		now:        now,
@@ -239,27 +238,32 @@ func newAccountStore(now func() time.Time, config func() *configEntry, logger fu
 }
 
 // lock returns the lock that serializes everything done to one account.
-func (s *accountStore) lock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(s.locks, name)
-}
+func (s *accountStore) lock(name string) *mutex { return s.locks.of(name) }
 
 // get returns the newest known state of an account without taking its lock:
 // a refreshed pair waiting to be stored, or the cached entry, or storage. For
 // reads that hand out a token with enough life left; anything that may spend
 // a refresh token re-reads with getLocked.
 func (s *accountStore) get(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
-	if a := s.unsavedCopy(name); a != nil {
-		return a, nil
+	s.mu.Lock()
+	a := s.unsaved[name]
+	if a == nil {
+		a = s.cache[name]
 	}
-	if v, ok := s.cache.Load(name); ok {
-		return v.(*accountEntry).clone(), nil
+	s.mu.Unlock()
+	if a != nil {
+		return a.clone(), nil
 	}
 	a, err := loadAccount(ctx, st, name)
 	if err != nil || a == nil {
 		return a, err
 	}
 	// A writer's entry, stored meanwhile, is newer than this read: keep it.
-	s.cache.LoadOrStore(name, a.clone())
+	s.mu.Lock()
+	if s.cache[name] == nil {
+		s.cache[name] = a.clone()
+	}
+	s.mu.Unlock()
 	return a, nil
 }
 
@@ -274,11 +278,13 @@ func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name s
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
 	if a == nil {
-		s.cache.Delete(name)
-		return nil, nil
+		delete(s.cache, name)
+	} else {
+		s.cache[name] = a.clone()
 	}
-	s.cache.Store(name, a.clone())
+	s.mu.Unlock()
 	return a, nil
 }
 
@@ -293,20 +299,19 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 		err = s.persist(ctx, st, name, a, err)
 	}
 	c := a.clone()
-	s.unsavedMu.Lock()
+	s.mu.Lock()
 	if err != nil {
 		s.unsaved[name] = c
 	} else {
 		delete(s.unsaved, name)
+		s.cache[name] = c
 	}
-	s.unsavedMu.Unlock()
+	s.scheduleLocked(name, a)
+	s.mu.Unlock()
 	if err != nil {
 		s.logger().Error("could not store a refreshed token pair; keeping it in memory and serving it until it can be stored",
 			"account", name, "generation", a.Generation, "error", err)
-	} else {
-		s.cache.Store(name, c)
 	}
-	s.schedule(name, a)
 	return nil
 }
 
@@ -341,28 +346,37 @@ func (s *accountStore) remove(ctx context.Context, st logical.Storage, name stri
 	if err := deleteAccount(ctx, st, name); err != nil {
 		return err
 	}
-	s.cache.Delete(name)
-	s.unsavedMu.Lock()
+	s.mu.Lock()
+	delete(s.cache, name)
 	delete(s.unsaved, name)
-	s.unsavedMu.Unlock()
 	_, _ = s.queue.PopByKey(name)
+	s.mu.Unlock()
 	return nil
 }
 
 // invalidate drops a cached entry that another node changed.
-func (s *accountStore) invalidate(name string) { s.cache.Delete(name) }
+func (s *accountStore) invalidate(name string) {
+	s.mu.Lock()
+	delete(s.cache, name)
+	s.mu.Unlock()
+}
 
 // each calls fn with every cached entry (never to be changed).
 func (s *accountStore) each(fn func(name string, a *accountEntry)) {
-	s.cache.Range(func(k, v any) bool {
-		fn(k.(string), v.(*accountEntry))
-		return true
-	})
+	s.mu.Lock()
+	cached := make(map[string]*accountEntry, len(s.cache))
+	for name, a := range s.cache {
+		cached[name] = a
+	}
+	s.mu.Unlock()
+	for name, a := range cached {
+		fn(name, a)
+	}
 }
 
 func (s *accountStore) unsavedCopy(name string) *accountEntry {
-	s.unsavedMu.Lock()
-	defer s.unsavedMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if a := s.unsaved[name]; a != nil {
 		return a.clone()
 	}
@@ -371,15 +385,15 @@ func (s *accountStore) unsavedCopy(name string) *accountEntry {
 
 // hasUnsaved reports whether a refreshed pair of the account waits in memory.
 func (s *accountStore) hasUnsaved(name string) bool {
-	s.unsavedMu.Lock()
-	defer s.unsavedMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.unsaved[name] != nil
 }
 
 // unsavedCount is how many refreshed pairs wait in memory.
 func (s *accountStore) unsavedCount() int {
-	s.unsavedMu.Lock()
-	defer s.unsavedMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return len(s.unsaved)
 }
 
@@ -401,10 +415,10 @@ func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name
 		return err
 	}
 	if !followsFrom(pending, stored) {
-		s.unsavedMu.Lock()
+		s.mu.Lock()
 		delete(s.unsaved, name)
-		s.unsavedMu.Unlock()
-		s.cache.Delete(name)
+		delete(s.cache, name)
+		s.mu.Unlock()
 		storedGen := uint64(0)
 		if stored != nil {
 			storedGen = stored.Generation
@@ -434,11 +448,11 @@ func followsFrom(pending, stored *accountEntry) bool {
 // pair waits in memory, where a crash would lose it, no longer than it must.
 func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...string) {
 	if len(names) == 0 {
-		s.unsavedMu.Lock()
+		s.mu.Lock()
 		for name := range s.unsaved {
 			names = append(names, name)
 		}
-		s.unsavedMu.Unlock()
+		s.mu.Unlock()
 	}
 	for _, name := range names {
 		lock := s.lock(name)
@@ -453,6 +467,16 @@ func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...s
 // schedule puts an account in the keep-alive schedule at its due time, or
 // takes it out if it is not due at all.
 func (s *accountStore) schedule(name string, a *accountEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scheduleLocked(name, a)
+}
+
+// scheduleLocked is schedule, with s.mu held.
+func (s *accountStore) scheduleLocked(name string, a *accountEntry) {
+	if s.load.inProgress != nil {
+		s.load.scheduled[name] = true
+	}
 	_, _ = s.queue.PopByKey(name)
 	due, ok := dueAt(a, s.config(), s.now())
 	if !ok {
@@ -469,6 +493,8 @@ func (s *accountStore) schedule(name string, a *accountEntry) {
 // the read, the write, or Ermeo did not answer before anything was written)
 // is looked at again then.
 func (s *accountStore) nextDue(now time.Time) (string, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	item, err := s.queue.Pop()
 	if err == queue.ErrEmpty {
 		return "", false, nil
@@ -482,4 +508,115 @@ func (s *accountStore) nextDue(now time.Time) (string, bool, error) {
 	}
 	_ = s.queue.Push(&queue.Item{Key: item.Key, Priority: now.Add(retryDelay).Unix()})
 	return item.Key, true, nil
+}
+
+// scheduleLoadState is the keep-alive schedule's load from storage (guarded
+// by s.mu). The schedule is loaded once at start-up, and again at the tick
+// after config changes the defaults that due times depend on.
+type scheduleLoadState struct {
+	loaded     bool          // the queue holds every account, with config's current defaults
+	everLoaded bool          // a load has completed in this process
+	epoch      uint64        // bumped by reschedule: a load begun before it leaves loaded false
+	inProgress *scheduleLoad // the load running now, or nil
+	// scheduled: the accounts that writes scheduled while the load in
+	// progress ran; their entries are newer than what the load read.
+	scheduled map[string]bool
+}
+
+// scheduleLoad is one load of the schedule, cancelled by stopLoad.
+type scheduleLoad struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	epoch  uint64
+}
+
+// beginLoad registers a load of the schedule and returns it, or nil when the
+// schedule is loaded or a load is already running (which the caller need not
+// wait for: a tick rotates what is scheduled so far).
+func (s *accountStore) beginLoad(ctx context.Context) *scheduleLoad {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.load.loaded || s.load.inProgress != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	l := &scheduleLoad{ctx: ctx, cancel: cancel, done: make(chan struct{}), epoch: s.load.epoch}
+	s.load.inProgress, s.load.scheduled = l, map[string]bool{}
+	return l
+}
+
+// runLoad runs a load begun by beginLoad: first (config's load), then every
+// account read once, without its lock, and scheduled unless a write
+// scheduled it meanwhile. Accounts with an intent record left behind are due
+// at once: their stored refresh token may have been spent, and the next
+// refresh finds out. No lock is held across a storage call, so stopLoad
+// ends it within one storage call.
+func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(context.Context) error) (err error) {
+	names, interrupted := []string(nil), 0
+	defer func() {
+		s.mu.Lock()
+		s.load.inProgress, s.load.scheduled = nil, nil
+		complete := err == nil && l.epoch == s.load.epoch
+		starting := complete && !s.load.everLoaded
+		s.load.loaded = s.load.loaded || complete
+		s.load.everLoaded = s.load.everLoaded || complete
+		s.mu.Unlock()
+		l.cancel()
+		close(l.done)
+		if starting {
+			s.logger().Info("keep-alive schedule loaded", "accounts", len(names), "interrupted_refreshes", interrupted)
+		}
+	}()
+	if err := first(l.ctx); err != nil {
+		return err
+	}
+	if names, err = listAccounts(l.ctx, st); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := l.ctx.Err(); err != nil {
+			return err
+		}
+		a, err := s.get(l.ctx, st, name)
+		if err != nil {
+			return err
+		}
+		if a == nil {
+			continue
+		}
+		s.mu.Lock()
+		if !s.load.scheduled[name] {
+			s.scheduleLocked(name, a)
+		}
+		starting := !s.load.everLoaded
+		s.mu.Unlock()
+		if a.RotationIntent != nil && starting {
+			interrupted++
+			s.logger().Warn("found an interrupted refresh: the stored refresh token may be spent; the next refresh finds out",
+				"account", name, "generation", a.RotationIntent.Generation, "started_at", a.RotationIntent.StartedAt, "attempts", a.RotationIntent.Attempts)
+		}
+	}
+	return nil
+}
+
+// stopLoad cancels the load in progress, if any, and waits for it to end
+// (within one storage call).
+func (s *accountStore) stopLoad() {
+	s.mu.Lock()
+	l := s.load.inProgress
+	s.mu.Unlock()
+	if l != nil {
+		l.cancel()
+		<-l.done
+	}
+}
+
+// reschedule makes the next tick load the schedule again: config changed the
+// defaults that due times depend on.
+func (s *accountStore) reschedule() {
+	s.mu.Lock()
+	s.load.epoch++
+	s.load.loaded = false
+	s.mu.Unlock()
 }

@@ -21,13 +21,14 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
 // Version is the plugin's version, reported to Vault. The Makefile sets it at
@@ -56,14 +57,15 @@ type backend struct {
 	// with a ca_certificate in config, a copy that trusts it is used instead.
 	// See client.go.
 	httpClient *http.Client
-	ermeo      clientCache
 
-	// config caches what storage holds, so that a read of a token with
-	// enough life left makes no storage call. Written through by every
-	// write; dropped by Invalidate when another node changes it.
+	// config caches what storage holds, and the Ermeo client built from it,
+	// so that a read of a token with enough life left makes no storage
+	// call. Written through by every write; dropped by Invalidate when
+	// another node changes it. Replaced whole, never changed in place.
 	config atomic.Pointer[cachedConfig]
-	// configMu serializes config writes and deletes (read-modify-writes).
-	configMu sync.Mutex
+	// configMu serializes config writes and deletes (read-modify-writes);
+	// see locks.go for the order.
+	configMu mutex
 
 	// metrics counts what the refresh protocol did (see metrics.go).
 	metrics *metrics
@@ -158,8 +160,23 @@ func takesFields(op logical.Operation) bool {
 	return false
 }
 
-// cachedConfig is the config as storage holds it; cfg is nil when there is none.
-type cachedConfig struct{ cfg *configEntry }
+// cachedConfig is the config as storage holds it (cfg is nil when there is
+// none), and the Ermeo client built from it once (or why it could not be).
+type cachedConfig struct {
+	cfg       *configEntry
+	client    *ermeo.Client
+	clientErr error
+	http      *http.Client // the backend's HTTP client the client was built on
+}
+
+// newCachedConfig builds cfg's client.
+func (b *backend) newCachedConfig(cfg *configEntry) *cachedConfig {
+	c := &cachedConfig{cfg: cfg, http: b.httpClient}
+	if cfg != nil {
+		c.client, c.clientErr = b.newClient(cfg)
+	}
+	return c
+}
 
 // loadConfigCached returns the config, from memory when it is there.
 func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*configEntry, error) {
@@ -170,7 +187,13 @@ func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*con
 	if err != nil {
 		return nil, err
 	}
-	b.config.CompareAndSwap(nil, &cachedConfig{cfg: cfg})
+	c := b.newCachedConfig(cfg)
+	if !b.config.CompareAndSwap(nil, c) {
+		// Another request cached it first: use that one, and its client.
+		if now := b.config.Load(); now != nil {
+			return now.cfg, nil
+		}
+	}
 	return cfg, nil
 }
 
@@ -184,8 +207,7 @@ func (b *backend) cachedConfig() *configEntry {
 
 // cacheConfig records what was just written to storage.
 func (b *backend) cacheConfig(cfg *configEntry) {
-	b.config.Store(&cachedConfig{cfg: cfg})
-	b.ermeo.reset()
+	b.config.Store(b.newCachedConfig(cfg))
 }
 
 // invalidate drops what another node changed (performance standbys and
@@ -194,7 +216,6 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configKey:
 		b.config.Store(nil)
-		b.ermeo.reset()
 	case strings.HasPrefix(key, accountPrefix):
 		b.store.invalidate(strings.TrimPrefix(key, accountPrefix))
 	}

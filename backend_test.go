@@ -268,7 +268,9 @@ func TestAStaleCacheNeverSendsASpentToken(t *testing.T) {
 	stale := e.stored("app") // generation 1, its refresh token about to be spent
 	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
 	// The cache is made stale on purpose, as a missed invalidation would.
-	e.b.store.cache.Store("app", stale)
+	e.b.store.mu.Lock()
+	e.b.store.cache["app"] = stale
+	e.b.store.mu.Unlock()
 	e.clock.Advance(2 * time.Hour)
 	resp := e.creds("app")
 	if len(resp.Warnings) != 0 || !e.fake.AccessTokenValid(resp.Data["access_token"].(string)) {

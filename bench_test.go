@@ -66,7 +66,7 @@ func BenchmarkLoadSchedule10000Accounts(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		e.b.rescheduleAll()
+		e.b.store.reschedule()
 		if err := e.b.loadSchedule(ctx, e.view); err != nil {
 			b.Fatal(err)
 		}

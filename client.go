@@ -6,57 +6,37 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http"
-	"sync"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
-// The Ermeo client, built in one place and cached: one per connection
-// (api_url, client credentials, body format, CA bundle), reset when config
-// changes here (cacheConfig) or on another node (Invalidate), as the GitHub
-// plugin's Client() is.
+// The Ermeo client, built in one place: once per cached config (see
+// cachedConfig in backend.go), so that it is rebuilt when config changes here
+// (cacheConfig) or on another node (Invalidate), as the GitHub plugin's
+// Client() is.
 
-// clientCache holds the client of the current connection.
-type clientCache struct {
-	mu     sync.Mutex
-	key    connection
-	client *ermeo.Client
-}
-
-// connection is what a client is built from: config's fields and the
-// backend's HTTP client (which tests replace to inject faults).
-type connection struct {
-	apiURL, clientID, clientSecret, bodyFormat, caCertificate string
-	http                                                      *http.Client
-}
-
-func (b *backend) connectionOf(cfg *configEntry) connection {
-	c := connectionOfEntry(cfg)
-	c.http = b.httpClient
-	return c
-}
-
-// connectionOfEntry is config's part of a connection.
-func connectionOfEntry(cfg *configEntry) connection {
-	return connection{apiURL: cfg.APIURL, clientID: cfg.ClientID, clientSecret: cfg.ClientSecret, bodyFormat: cfg.BodyFormat, caCertificate: cfg.CACertificate}
-}
-
-func (c *clientCache) reset() {
-	c.mu.Lock()
-	c.client = nil
-	c.mu.Unlock()
-}
-
-// client returns the Ermeo client for cfg, building it on first use.
+// client returns the Ermeo client for cfg: the cached one when cfg is the
+// cached config, else (a config write's candidate) a new one. A test that
+// replaced the backend's HTTP client gets a client built on the new one.
 func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
-	key := b.connectionOf(cfg)
-	b.ermeo.mu.Lock()
-	defer b.ermeo.mu.Unlock()
-	if b.ermeo.client != nil && b.ermeo.key == key {
-		return b.ermeo.client, nil
+	c := b.config.Load()
+	switch {
+	case c == nil || c.cfg != cfg || cfg == nil:
+		return b.newClient(cfg)
+	case c.http != b.httpClient:
+		rebuilt := b.newCachedConfig(cfg)
+		b.config.CompareAndSwap(c, rebuilt)
+		return rebuilt.client, rebuilt.clientErr
+	default:
+		return c.client, c.clientErr
 	}
+}
+
+// newClient builds a client for cfg, on the backend's HTTP client (which
+// tests replace to inject faults), or a copy that trusts cfg's CA bundle.
+func (b *backend) newClient(cfg *configEntry) (*ermeo.Client, error) {
 	hc := b.httpClient
 	if cfg.CACertificate != "" {
 		var err error
@@ -64,7 +44,7 @@ func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
 			return nil, err
 		}
 	}
-	client, err := ermeo.New(ermeo.Config{
+	return ermeo.New(ermeo.Config{
 		APIURL:       cfg.APIURL,
 		ClientID:     cfg.ClientID,
 		ClientSecret: cfg.ClientSecret,
@@ -72,11 +52,6 @@ func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
 		Detected:     ermeo.BodyFormat(cfg.BodyFormatDetected),
 		HTTPClient:   hc,
 	})
-	if err != nil {
-		return nil, err
-	}
-	b.ermeo.key, b.ermeo.client = key, client
-	return client, nil
 }
 
 // defaultHTTPClient is one client for every call to Ermeo, so that
@@ -115,25 +90,30 @@ func certPool(pemText string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// rememberBodyFormat records in config the body format that a client in
-// body_format=auto found to work, so that later clients (after a restart,
-// or on another node) start from it. Nothing is written when it is already
-// recorded, or when config changed meanwhile.
-func (b *backend) rememberBodyFormat(ctx context.Context, s logical.Storage, cfg *configEntry, client *ermeo.Client) {
-	detected := string(client.Detected())
+// recordBodyFormat records in config the body format that the cached client,
+// in body_format=auto, found to work, so that later clients (after a restart,
+// or on another node) start from it. The periodic tick calls it before it
+// takes any account lock: the refresh path never writes config (locks.go).
+// Nothing is written when it is already recorded, or when config changed
+// meanwhile.
+func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
+	c := b.config.Load()
+	if c == nil || c.cfg == nil || c.client == nil {
+		return
+	}
+	cfg, detected := c.cfg, string(c.client.Detected())
 	if cfg.BodyFormat != string(ermeo.BodyAuto) || detected == "" || detected == cfg.BodyFormatDetected {
 		return
 	}
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
-	ctx = context.WithoutCancel(ctx)
 	stored, err := loadConfig(ctx, s)
-	if err != nil || stored == nil || connectionOfEntry(stored) != connectionOfEntry(cfg) || stored.BodyFormatDetected == detected {
+	if err != nil || stored == nil || connectionChanged(stored, cfg) || stored.BodyFormatDetected == detected {
 		return
 	}
 	stored.BodyFormatDetected = detected
 	if err := saveConfig(ctx, s, stored); err != nil {
-		b.Logger().Warn("could not record the body format Ermeo reads; it is found again on the next grant", "body_format_detected", detected, "error", err)
+		b.Logger().Warn("could not record the body format Ermeo reads; the next tick tries again", "body_format_detected", detected, "error", err)
 		return
 	}
 	b.cacheConfig(stored)

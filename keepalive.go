@@ -25,75 +25,39 @@ const maxRotationsPerTick = 100
 // initialize runs when the mount starts on a node that may write: it loads
 // the schedule in the background, and reports interrupted refreshes.
 func (b *backend) initialize(_ context.Context, req *logical.InitializationRequest) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	b.store.loadMu.Lock()
-	b.store.stopLoading = cancel
-	b.store.loadMu.Unlock()
+	// Registered before the goroutine starts, so that a clean that comes at
+	// once still finds the load and stops it.
+	load := b.store.beginLoad(context.Background())
+	if load == nil {
+		return nil
+	}
 	go func() {
-		if err := b.loadSchedule(ctx, req.Storage); err != nil && !errors.Is(err, context.Canceled) {
+		if err := b.runScheduleLoad(load, req.Storage); err != nil && !errors.Is(err, context.Canceled) {
 			b.Logger().Error("could not load the keep-alive schedule; the next periodic tick tries again", "error", err)
 		}
 	}()
 	return nil
 }
 
-// clean stops what initialize started.
-func (b *backend) clean(context.Context) {
-	b.store.loadMu.Lock()
-	defer b.store.loadMu.Unlock()
-	if b.store.stopLoading != nil {
-		b.store.stopLoading()
-	}
-}
+// clean stops what initialize started: a schedule load in progress is
+// cancelled and over when clean returns.
+func (b *backend) clean(context.Context) { b.store.stopLoad() }
 
-// loadSchedule reads every account once and schedules it. Accounts with an
-// intent record left behind are due at once: their stored refresh token may
-// have been spent, and the next refresh finds out.
+// loadSchedule loads the schedule, unless it is loaded or being loaded.
 func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
-	b.store.loadMu.Lock()
-	defer b.store.loadMu.Unlock()
-	if b.store.loaded {
-		return nil
+	if load := b.store.beginLoad(ctx); load != nil {
+		return b.runScheduleLoad(load, s)
 	}
-	if _, err := b.loadConfigCached(ctx, s); err != nil {
-		return err
-	}
-	names, err := listAccounts(ctx, s)
-	if err != nil {
-		return err
-	}
-	interrupted := 0
-	for _, name := range names {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		lock := b.store.lock(name)
-		lock.RLock()
-		a, err := b.store.getLocked(ctx, s, name)
-		if err == nil && a != nil {
-			b.store.schedule(name, a)
-			if a.RotationIntent != nil {
-				interrupted++
-				b.Logger().Warn("found an interrupted refresh: the stored refresh token may be spent; the next refresh finds out",
-					"account", name, "generation", a.RotationIntent.Generation, "started_at", a.RotationIntent.StartedAt, "attempts", a.RotationIntent.Attempts)
-			}
-		}
-		lock.RUnlock()
-		if err != nil {
-			return err
-		}
-	}
-	b.store.loaded = true
-	b.Logger().Info("keep-alive schedule loaded", "accounts", len(names), "interrupted_refreshes", interrupted)
 	return nil
 }
 
-// rescheduleAll makes the next tick reload the schedule: after config changes
-// the default rotation period.
-func (b *backend) rescheduleAll() {
-	b.store.loadMu.Lock()
-	b.store.loaded = false
-	b.store.loadMu.Unlock()
+// runScheduleLoad reads config (whose defaults decide when accounts are due),
+// then every account.
+func (b *backend) runScheduleLoad(load *scheduleLoad, s logical.Storage) error {
+	return b.store.runLoad(load, s, func(ctx context.Context) error {
+		_, err := b.loadConfigCached(ctx, s)
+		return err
+	})
 }
 
 // periodic is Vault's periodic function: it rotates the chains that are due.
@@ -101,6 +65,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	b.recordBodyFormat(ctx, req.Storage)
 	b.store.flush(ctx, req.Storage)
 	if err := b.loadSchedule(ctx, req.Storage); err != nil {
 		return err

@@ -155,7 +155,7 @@ func TestInitializeFindsAnInterruptedRefreshAndTheNextTickResolvesIt(t *testing.
 	if err := b2.Initialize(t.Context(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { b2.store.loadMu.Lock(); defer b2.store.loadMu.Unlock(); return b2.store.loaded })
+	waitFor(t, func() bool { b2.store.mu.Lock(); defer b2.store.mu.Unlock(); return b2.store.load.loaded })
 	e.tick()
 	a := e.stored("app")
 	if a.RotationIntent != nil || a.Generation != 2 || a.State != stateActive {

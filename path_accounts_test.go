@@ -236,12 +236,17 @@ func TestBodyFormatAutoFindsAndRemembersForm(t *testing.T) {
 	}
 	e.assertNoTokenUsedTwice()
 
-	// Without the check, the first refresh finds it, and records it.
+	// Without the check, the first grant finds it, and the next periodic
+	// tick records it (the refresh path never writes config: locks.go).
 	e2 := newTestEnv(t, fakeermeo.Options{RefuseJSON: true})
 	e2.configureUnchecked()
 	e2.createAccount("app", nil)
+	if got := e2.must(logical.ReadOperation, "config", nil).Data["body_format_detected"]; got != "" {
+		t.Errorf("body_format_detected after the first grant, before a tick: %v", got)
+	}
+	e2.tick()
 	if got := e2.must(logical.ReadOperation, "config", nil).Data["body_format_detected"]; got != "form" {
-		t.Errorf("body_format_detected after the first grant: %v", got)
+		t.Errorf("body_format_detected after the first grant and a tick: %v", got)
 	}
 	e2.must(logical.UpdateOperation, "accounts/app/rotate", nil)
 	e2.assertNoTokenUsedTwice()

@@ -219,7 +219,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return nil, err
 	}
 	b.cacheConfig(c)
-	b.rescheduleAll()
+	b.store.reschedule()
 
 	// Respond.
 	resp := &logical.Response{}

@@ -423,7 +423,6 @@ func (b *backend) passwordGrant(ctx context.Context, r rotation, client *ermeo.C
 	sentAt := b.now()
 	tok, err := client.PasswordGrant(pctx, username, password)
 	b.metrics.passwordGrant(ermeo.OutcomeOf(err).String())
-	b.rememberBodyFormat(ctx, r.storage, r.cfg, client)
 	return tok, sentAt, err
 }
 
@@ -436,7 +435,6 @@ func (b *backend) refreshGrant(ctx context.Context, r rotation, client *ermeo.Cl
 	sentAt, sent := b.now(), time.Now()
 	tok, err := client.RefreshGrant(rctx, refreshToken)
 	took := time.Since(sent)
-	b.rememberBodyFormat(ctx, r.storage, r.cfg, client)
 	return tok, sentAt, took, err
 }
 

@@ -1,0 +1,62 @@
+//go:build lockorder
+
+package ermeosecrets
+
+import (
+	"bytes"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/sasha-s/go-deadlock"
+)
+
+// Built with -tags lockorder (make test, the campaigns, the e2e tests' plugin
+// binary): every mutex of the backend is go-deadlock's, which records, per
+// goroutine, the order in which locks are taken and reports the first time
+// two locks are taken in both orders, on that schedule, whether or not it
+// deadlocks. A report is counted (tests fail on any), and written to stderr
+// as one error line of the plugin's JSON log, which Vault puts in its own
+// log (the e2e tests fail on any).
+
+type mutex = deadlock.Mutex
+
+// lockOrderChecked says whether this build checks the lock order.
+const lockOrderChecked = true
+
+var (
+	inversions     atomic.Int64
+	inversionMu    sync.Mutex
+	inversionText  bytes.Buffer
+	inversionLines = hclog.New(&hclog.LoggerOptions{Name: "lockorder", Output: os.Stderr, JSONFormat: true})
+)
+
+// inversionLog is where go-deadlock writes a report before it calls
+// OnPotentialDeadlock.
+type inversionLog struct{}
+
+func (inversionLog) Write(p []byte) (int, error) {
+	inversionMu.Lock()
+	defer inversionMu.Unlock()
+	return inversionText.Write(p)
+}
+
+func init() {
+	// A wait is never a report: an account's lock may be held for a whole
+	// refresh (request_timeout) and a pair's storage retries. Stalls are
+	// the concurrency campaign's watchdog's to find.
+	deadlock.Opts.DeadlockTimeout = 0
+	deadlock.Opts.LogBuf = inversionLog{}
+	deadlock.Opts.OnPotentialDeadlock = func() {
+		inversions.Add(1)
+		inversionMu.Lock()
+		report := inversionText.String()
+		inversionText.Reset()
+		inversionMu.Unlock()
+		inversionLines.Error("lock-order inversion: two locks were taken in both orders", "report", report)
+	}
+}
+
+// lockOrderInversions is how many lock-order inversions this process saw.
+func lockOrderInversions() int64 { return inversions.Load() }
