@@ -89,7 +89,7 @@ bench:
 	go test -run '^$$' -bench . -benchmem . ./internal/ermeo | grep -v '^20[0-9][0-9]-'
 
 vet:
-	go vet ./...
+	go vet ./... && go vet $(TEST_TAGS) ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -99,11 +99,16 @@ fmt-check:
 # and print the Vault version and their figures (hence -v).
 test: fmt-check vet alerts-test unit chaos-short fuzz-smoke e2e
 
-# The two campaigns run in their own step (chaos-short), with their tables.
-CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign)$$
+# The campaigns run in their own step (chaos-short), with their tables.
+CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign|TestConcurrencyCampaign)$$
+
+# Tests build with -tags lockorder: every mutex of the backend is then
+# go-deadlock's, and any two locks taken in both orders fail the run
+# (locks.go). ERMEO_LOCK_ORDER_REQUIRED makes a build without it fail.
+TEST_TAGS := -tags lockorder
 
 unit:
-	go test -race -count=1 -skip '$(CAMPAIGNS)' $$(go list ./... | grep -v /internal/e2e)
+	ERMEO_LOCK_ORDER_REQUIRED=1 go test -race -count=1 $(TEST_TAGS) -skip '$(CAMPAIGNS)' $$(go list ./... | grep -v /internal/e2e)
 
 # -timeout 40m: the package's tests, the 2-minute soak (TestSoak) and the
 # partition test included, take longer than go test's default 10 minutes.
@@ -129,21 +134,28 @@ soak:
 
 # The campaigns, each printing its table and its seed:
 #   the chaos campaign: randomized schedules of readers, faults, crashes and restarts;
-#   the operator campaign: randomized operator requests, valid and invalid, with upstream faults.
-# `make chaos` runs 5000 schedules and 3000 sequences from a new seed each time
-# (CHAOS_SEED=... OPERATOR_SEED=... to replay); `make test` runs 500 and 300
-# from fixed seeds, so that it is deterministic.
-CHAOS_SCHEDULES     ?= 5000
-OPERATOR_SEQUENCES  ?= 3000
-CHAOS_SEED          ?= $(shell date +%s%N)
-OPERATOR_SEED       ?= $(shell date +%s%N)
+#   the operator campaign: randomized operator requests, valid and invalid, with upstream faults;
+#   the concurrency campaign: every entry point at once from many goroutines,
+#   with a watchdog for stalls, and the lock order checked.
+# `make chaos` runs 5000, 3000 and 300 from a new seed each time
+# (CHAOS_SEED=... OPERATOR_SEED=... CONCURRENCY_SEED=... to replay);
+# `make test` runs 500, 300 and 30 from fixed seeds, so that it is deterministic
+# (the concurrency campaign's goroutines interleave as the scheduler makes
+# them: its seed fixes what each does, not when).
+CHAOS_SCHEDULES        ?= 5000
+OPERATOR_SEQUENCES     ?= 3000
+CONCURRENCY_SCHEDULES  ?= 300
+CHAOS_SEED             ?= $(shell date +%s%N)
+OPERATOR_SEED          ?= $(shell date +%s%N)
+CONCURRENCY_SEED       ?= $(shell date +%s%N)
 chaos:
 	ERMEO_CHAOS_SCHEDULES=$(CHAOS_SCHEDULES) ERMEO_CHAOS_SEED=$(CHAOS_SEED) \
 	ERMEO_OPERATOR_SEQUENCES=$(OPERATOR_SEQUENCES) ERMEO_OPERATOR_SEED=$(OPERATOR_SEED) \
-	go test -race -count=1 -run '$(CAMPAIGNS)' -v . | grep -v '^20[0-9][0-9]-' | grep -v '^    --- PASS\|^=== RUN\|^    .*: read [0-9]'
+	ERMEO_CONCURRENCY_SCHEDULES=$(CONCURRENCY_SCHEDULES) ERMEO_CONCURRENCY_SEED=$(CONCURRENCY_SEED) ERMEO_LOCK_ORDER_REQUIRED=1 \
+	go test -race -count=1 $(TEST_TAGS) -timeout 60m -run '$(CAMPAIGNS)' -v . | grep -v '^20[0-9][0-9]-' | grep -v '^    --- PASS\|^=== RUN\|^    .*: read [0-9]'
 
 chaos-short:
-	@$(MAKE) --no-print-directory chaos CHAOS_SCHEDULES=500 OPERATOR_SEQUENCES=300 CHAOS_SEED=20261201 OPERATOR_SEED=20261201
+	@$(MAKE) --no-print-directory chaos CHAOS_SCHEDULES=500 OPERATOR_SEQUENCES=300 CONCURRENCY_SCHEDULES=30 CHAOS_SEED=20261201 OPERATOR_SEED=20261201 CONCURRENCY_SEED=20261201
 
 FUZZ_TARGETS   := FuzzTokenResponse FuzzErrorResponse
 FUZZSECS       ?= 300
