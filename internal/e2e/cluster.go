@@ -805,6 +805,7 @@ func (c *Cluster) Stop() {
 		go func(n *Node) {
 			defer wg.Done()
 			n.stop()
+			checkLockOrder(n.LogPath)
 		}(n)
 	}
 	wg.Wait()

@@ -33,6 +33,17 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// Every plugin these tests build checks its lock order (locks.go).
+	PluginBuildTags = "lockorder"
+	code := runTests(m)
+	if reports := LockOrderReports(); len(reports) > 0 {
+		fmt.Printf("FAIL: the plugin reported %d lock-order inversions in the servers' logs:\n%s\n", len(reports), strings.Join(reports, "\n"))
+		return 1
+	}
+	return code
+}
+
+func runTests(m *testing.M) int {
 	bin, why := FindVault()
 	if bin == "" {
 		if os.Getenv("ERMEO_E2E_REQUIRED") != "" {

@@ -77,16 +77,19 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-// BuildPlugin builds the plugin into dir and returns its path and sha256.
+// BuildPlugin builds the plugin into dir, with PluginBuildTags, and returns
+// its path and sha256.
 func BuildPlugin(dir, version string) (string, string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", "", err
 	}
 	bin := filepath.Join(dir, PluginName)
-	cmd := exec.Command("go", "build",
-		"-ldflags", "-X github.com/ermeo-community/vault-plugin-secrets-ermeo.Version="+version,
-		"-o", bin, "./cmd/vault-plugin-secrets-ermeo")
+	args := []string{"build", "-ldflags", "-X github.com/ermeo-community/vault-plugin-secrets-ermeo.Version=" + version}
+	if PluginBuildTags != "" {
+		args = append(args, "-tags", PluginBuildTags)
+	}
+	cmd := exec.Command("go", append(args, "-o", bin, "./cmd/vault-plugin-secrets-ermeo")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", "", fmt.Errorf("building the plugin: %v\n%s", err, out)
@@ -248,6 +251,7 @@ func (v *Vault) Stop() {
 		return
 	}
 	StopProcess(v.cmd.Process, v.done, 15*time.Second)
+	checkLockOrder(v.LogPath)
 }
 
 // StopProcess ends a process this package started, by its pid: SIGTERM, then
