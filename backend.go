@@ -8,7 +8,8 @@
 //	path_token.go     creds/<name>: the access token and its lease
 //	accounts.go       the account store: entry, cache, unsaved overlay, schedule, one write
 //	rotation.go       the refresh protocol, each outcome classified and recorded in one place
-//	client.go         the Ermeo client, built and cached in one place
+//	client.go         the Ermeo client, built once per cached config
+//	locks.go          every lock, and the one order in which they may be taken
 //	storage.go        every storage key, and the entries' load and save
 //	path_config.go    config: fields, credentials check, handlers, help
 //	path_accounts.go  accounts/, accounts/<name>, accounts/<name>/rotate

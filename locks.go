@@ -8,30 +8,31 @@ import "hash/maphash"
 // go-deadlock mutex that reports any two locks ever taken in both orders
 // (see lockorder_check.go); release builds use plain sync.
 //
-//	1. account lock     accountStore.locks: one per account (hashed into 256),
-//	                    serializing every read-modify-write of the account and
-//	                    every rotation of its refresh chain. The only lock held
-//	                    across Ermeo calls and storage calls (the account's
-//	                    own). Never two at once.
-//	1. config lock      backend.configMu: serializes config writes (each a
-//	                    read-modify-write of the one config entry, with its
-//	                    credentials check). Held across config's storage and
-//	                    that check. Never taken with an account lock held,
-//	                    nor an account lock under it: the refresh path never
-//	                    writes config (the detected body format is recorded by
-//	                    the config write's check, or by the periodic tick
-//	                    before it takes any account lock).
-//	2. store lock       accountStore.mu: the account store's memory (cache,
-//	                    unsaved pairs, keep-alive schedule, schedule load).
-//	                    Taken last, under either of the above or alone; held
-//	                    only for memory work, never across a storage or Ermeo
-//	                    call, and nothing is taken under it but the SDK
-//	                    queue's own internal lock.
+// The order: an account lock or the config lock (never both), then the
+// store lock; nothing else is ever held under another lock.
+//
+//	account lock  accountStore.locks: one per account (hashed into 256),
+//	              serializing every read-modify-write of the account and
+//	              every rotation of its refresh chain. Held across that
+//	              account's storage and Ermeo calls. Never two at once.
+//	config lock   backend.configMu: serializes config writes, each a
+//	              read-modify-write of the one config entry with its
+//	              credentials check, held across both. Never taken with an
+//	              account lock held, nor an account lock under it: the
+//	              refresh path never writes config (the detected body
+//	              format is recorded by the config write's check, or by the
+//	              periodic tick before it takes any account lock).
+//	store lock    accountStore.mu: the account store's memory (cache, unsaved
+//	              pairs, keep-alive schedule, schedule load). Taken last,
+//	              under either of the above or alone; held only for memory
+//	              work, never across a storage or Ermeo call; nothing is taken
+//	              under it but the SDK queue's own internal lock.
 //
 // Without a lock: backend.config is an atomic pointer to the cached config
-// and its Ermeo client (replaced whole, never changed in place); a schedule
-// load in progress is cancelled by its context and waited for on its done
-// channel (accountStore.stopLoad), which nothing waits for under a lock.
+// and its Ermeo client, replaced whole and never changed in place; a
+// schedule load in progress is cancelled by its context and waited for on
+// its done channel (accountStore.stopLoad), never under a lock; the metrics
+// collector finds the backend through an atomic pointer (metrics.go).
 
 // accountLockCount is how many locks the accounts are hashed into.
 const accountLockCount = 256
