@@ -69,6 +69,12 @@ type accountEntry struct {
 	// NextAttemptAt is set when a grant got no answer: refreshes wait until
 	// then (backoff, or the server's Retry-After), unless an operator forces one.
 	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
+	// ChainLostAt and ChainLostHow record the account's last chain found
+	// gone (how: lost_in_flight or refused), kept across new chains, so that
+	// the loss is seen in the account's status and the metrics even after a
+	// reload of the plugin, which restarts its counters.
+	ChainLostAt  time.Time `json:"chain_lost_at,omitempty"`
+	ChainLostHow string    `json:"chain_lost_how,omitempty"`
 }
 
 // clone returns a copy that shares nothing with a.

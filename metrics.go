@@ -44,6 +44,7 @@ const (
 	metricExpiresIn       = "ermeo_refresh_token_expires_in_seconds"
 	metricLastRotation    = "ermeo_last_rotation_timestamp_seconds"
 	metricRotationPeriod  = "ermeo_rotation_period_seconds"
+	metricChainLostAt     = "ermeo_chain_lost_timestamp_seconds"
 	metricAccounts        = "ermeo_accounts"
 )
 
@@ -138,6 +139,8 @@ var (
 		"Unix time of each account's last successful grant (refresh or password).", []string{"account"}, nil)
 	rotationPeriodDesc = prometheus.NewDesc(metricRotationPeriod,
 		"Each account's rotation period, in seconds; none for an account in needs_reauth, which the keep-alive does not rotate.", []string{"account"}, nil)
+	chainLostDesc = prometheus.NewDesc(metricChainLostAt,
+		"When each account's chain was last found gone, by how (lost_in_flight, refused), in seconds since the epoch; from the stored account, so that it survives a reload of the plugin.", []string{"account", "how"}, nil)
 	accountsDesc = prometheus.NewDesc(metricAccounts,
 		"Accounts known to this node, by state.", []string{"state"}, nil)
 )
@@ -153,6 +156,7 @@ func (c *accountsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expiresInDesc
 	ch <- lastRotationDesc
 	ch <- rotationPeriodDesc
+	ch <- chainLostDesc
 	ch <- accountsDesc
 }
 
@@ -173,6 +177,9 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if !a.LastRotation.IsZero() {
 			ch <- prometheus.MustNewConstMetric(lastRotationDesc, prometheus.GaugeValue, float64(a.LastRotation.Unix()), name)
+		}
+		if !a.ChainLostAt.IsZero() {
+			ch <- prometheus.MustNewConstMetric(chainLostDesc, prometheus.GaugeValue, float64(a.ChainLostAt.Unix()), name, a.ChainLostHow)
 		}
 		if a.State != stateNeedsReauth {
 			ch <- prometheus.MustNewConstMetric(rotationPeriodDesc, prometheus.GaugeValue, effectiveRotationPeriod(a, cfg).Seconds(), name)

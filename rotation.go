@@ -318,12 +318,13 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 	case outcomeChainGone:
 		rejected := ermeo.Message(o.err)
 		how := "refused"
-		next.LastError = fmt.Sprintf("Ermeo refused the refresh token (%s)", rejected)
+		next.LastError = spentElsewhere(next, rejected, b.now(), r.mount)
 		if o.lostInFlight {
 			how = "lost_in_flight"
 			next.LastError = fmt.Sprintf("an earlier refresh's answer was lost, and Ermeo now refuses the refresh token (%s)", rejected)
 		}
-		log.Warn("refresh chain is gone", "account", name, "generation", next.Generation, "lost_to_network", o.lostInFlight)
+		next.ChainLostAt, next.ChainLostHow = b.now(), how
+		log.Warn("refresh chain is gone", "account", name, "generation", next.Generation, "how", how, "cause", next.LastError)
 		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.metrics.chainLost(how)
 		b.emit(ctx, eventChainLost, r.mount, name, "generation", fmt.Sprint(next.Generation), "how", how)
@@ -386,6 +387,22 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 		}
 		return next, &errNeedsReauth{mount: r.mount, name: name, reason: o.reason, foundNow: true}
 	}
+}
+
+// spentElsewhere says why a refresh token that no refresh of ours had sent
+// (no intent record) was refused: it expired, or it was spent or revoked
+// outside this mount. The likeliest cause after an operator's work is a
+// restore of Vault's storage from a snapshot older than the chain's last
+// rotation, which rewinds every account rotated since: they must all be
+// rotated now, so that each finds out at once instead of at its next refresh.
+func spentElsewhere(a *accountEntry, rejected string, now time.Time, mount string) string {
+	if !a.RefreshTokenIssuedAt.IsZero() && now.After(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime)) {
+		return fmt.Sprintf("Ermeo refused the refresh token (%s): it expired, issued %s and unused for 2 weeks", rejected, formatTime(a.RefreshTokenIssuedAt))
+	}
+	return fmt.Sprintf("Ermeo refused the stored refresh token (%s), which no refresh of this mount had sent: it was spent or revoked elsewhere. "+
+		"If Vault's storage was restored from a snapshot, every account rotated since the snapshot is in the same state: "+
+		"rotate each now to find out (vault list %saccounts, then vault write -f %saccounts/<name>/rotate for each). "+
+		"Otherwise another system holds this chain (another Vault, or a script given the same refresh token)", rejected, mount, mount)
 }
 
 // rebootstrapLocked starts a new chain with the kept password, if the

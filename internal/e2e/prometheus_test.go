@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -29,13 +30,30 @@ import (
 // examples/policy/prometheus.hcl, and asks Prometheus's HTTP API what it got:
 // every metric the README's "Metrics and events" table names, and none it
 // does not name; the values of what the test did; every alert rule evaluated
-// without error on the real series, none firing.
+// without error on the real series. One account's chain is lost before a
+// reload of the plugin, whose counters then start again from zero:
+// ErmeoChainLost and ErmeoAccountNeedsReauth fire all the same, and no other
+// rule does.
 func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
 	e := newEnv(t, fakeermeo.Options{})
 	bin := findPrometheus(t)
 	documented := readmeMetrics(t)
 
 	e.configure()
+	// Someone else spends the chain of "lost"; the plugin finds out at its
+	// rotate, then the mount is reloaded: the counters that saw it are gone
+	// before Prometheus's first scrape.
+	e.mustWrite("accounts/lost", map[string]any{"username": testUser, "password": testPassword})
+	client, _ := ermeo.New(ermeo.Config{APIURL: e.url, ClientID: testClientID, ClientSecret: testClientSecret})
+	if _, err := client.RefreshGrant(context.Background(), e.fake.IssuedRefreshTokens()[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.write("accounts/lost/rotate", nil); err == nil {
+		t.Fatal("the rotate of a spent chain succeeded")
+	}
+	if _, err := vault.Client.Logical().Write("sys/plugins/reload/backend", map[string]any{"mounts": []string{e.mount + "/"}}); err != nil {
+		t.Fatalf("reloading %s/: %v", e.mount, err)
+	}
 	e.mustWrite("accounts/app", map[string]any{"username": testUser, "password": testPassword})
 	for range 3 {
 		e.mustRead("creds/app")
@@ -147,6 +165,9 @@ func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
 		{`ermeo_refreshes_total{outcome="success"}`, 1},
 		{`ermeo_refresh_duration_seconds_count`, 1},
 		{`ermeo_accounts{state="active"}`, 1},
+		{`ermeo_accounts{state="needs_reauth"}`, 1},
+		{`ermeo_chains_lost_total{how="refused"}`, 0}, // the process that counted it was reloaded
+		{`time() - ermeo_chain_lost_timestamp_seconds{account="lost", how="refused"} < 600`, -1},
 		{`ermeo_rotation_period_seconds{account="app"}`, 7 * 86400},
 		{`ermeo_refresh_token_expires_in_seconds{account="app"} > 13 * 86400`, -1},
 		{`time() - ermeo_last_rotation_timestamp_seconds{account="app"} < 600`, -1},
@@ -166,19 +187,32 @@ func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
 	}
 
 	// Every rule of the example evaluated on the real series without error;
-	// with a healthy account, none pending or firing.
+	// the lost chain's two firing (once an evaluation has followed the
+	// first scrape), none other pending or firing.
 	if n := strings.Count(exampleFile(t, "examples/prometheus/ermeo-alerts.yml"), "- alert: "); len(rules) != n {
 		t.Errorf("Prometheus loaded %d alert rules, the example has %d: %v", len(rules), n, ruleNames(rules))
+	}
+	firing := map[string]bool{"ErmeoChainLost": true, "ErmeoAccountNeedsReauth": true}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		rules = p.rules(t)
+		all := true
+		for _, r := range rules {
+			all = all && (r.State == "firing") == firing[r.Name]
+		}
+		if all || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, r := range rules {
 		if r.Health != "ok" {
 			t.Errorf("rule %s: health %s: %s", r.Name, r.Health, r.LastError)
 		}
-		if r.State != "inactive" {
-			t.Errorf("rule %s is %s with a healthy account: %v", r.Name, r.State, r.Alerts)
+		want := map[bool]string{true: "firing", false: "inactive"}[firing[r.Name]]
+		if r.State != want {
+			t.Errorf("rule %s is %s, want %s: %v", r.Name, r.State, want, r.Alerts)
 		}
 	}
-	t.Logf("alert rules evaluated by Prometheus, all ok and inactive: %s", strings.Join(ruleNames(rules), ", "))
+	t.Logf("alert rules evaluated by Prometheus, all ok; firing after the reload: ErmeoChainLost, ErmeoAccountNeedsReauth; inactive: the rest of %s", strings.Join(ruleNames(rules), ", "))
 }
 
 // readmeMetrics returns the metric names in the first column of the table
