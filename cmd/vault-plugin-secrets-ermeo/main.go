@@ -19,7 +19,12 @@ func main() {
 		fatal(err)
 	}
 	go exitWhenOrphaned(os.Getppid(), 250*time.Millisecond)
-	err := plugin.ServeMultiplex(&plugin.ServeOpts{
+	// One process per mount, not plugin.ServeMultiplex: Vault kills a
+	// plugin's process to reload any one of its mounts, draining only that
+	// mount's requests, so a multiplexed process lost the refresh answers in
+	// flight on every other mount (a spent refresh token whose successor was
+	// never stored). The price is a process, about 30 MB, per mount.
+	err := plugin.Serve(&plugin.ServeOpts{
 		BackendFactoryFunc: ermeosecrets.Factory,
 		TLSProviderFunc:    api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})

@@ -110,6 +110,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts fakeermeo.Options) *env {
 	t.Helper()
+	return newEnvAt(t, opts, "")
+}
+
+// newEnvAt is newEnv with a suffix to the mount's path, for a test that
+// mounts the plugin more than once.
+func newEnvAt(t *testing.T, opts fakeermeo.Options, suffix string) *env {
+	t.Helper()
 	if vault == nil {
 		t.Skip("e2e: " + skipReason)
 	}
@@ -124,7 +131,7 @@ func newEnv(t *testing.T, opts fakeermeo.Options) *env {
 	fake := fakeermeo.New(opts)
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	mount := "ermeo-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	mount := "ermeo-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + suffix
 	err := vault.Client.Sys().Mount(mount, &api.MountInput{Type: PluginName, Config: api.MountConfigInput{PluginVersion: PluginVersion}})
 	if err != nil {
 		t.Fatalf("enabling the plugin: %v", err)
