@@ -110,7 +110,7 @@ TEST_TAGS := -tags lockorder
 unit:
 	ERMEO_LOCK_ORDER_REQUIRED=1 go test -race -count=1 $(TEST_TAGS) -skip '$(CAMPAIGNS)' $$(go list ./... | grep -v /internal/e2e)
 
-# -timeout 40m: the package's tests, the 2-minute soak (TestSoak) and the
+# -timeout 40m: the package's tests, the 1-minute soak (TestSoak) and the
 # partition test included, take longer than go test's default 10 minutes.
 e2e:
 	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -timeout 40m -v ./internal/e2e/

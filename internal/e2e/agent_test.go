@@ -51,6 +51,10 @@ const (
 // the file. With the account option lease=false (no lease, a ttl in the
 // data) it does the same again. ERMEO_AGENT_LOG_DIR=<dir> keeps Agent's log.
 func TestAgentKeepsAValidTokenInAFile(t *testing.T) {
+	// Mostly waiting for tokens to age: it runs beside the soak and the
+	// Python test, after the other tests, so that make test stays within
+	// 10 minutes.
+	t.Parallel()
 	for _, mode := range []struct {
 		name  string
 		lease bool

@@ -143,6 +143,7 @@ type pyLine struct {
 // and used more than one token, and nothing it printed may hold a token or
 // secret. Once with a lease, once with the account option lease=false (ttl).
 func TestPythonAppKeepsAValidToken(t *testing.T) {
+	t.Parallel() // beside the Agent test and the soak (see there)
 	if vault == nil {
 		t.Skip("e2e: " + skipReason)
 	}

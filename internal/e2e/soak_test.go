@@ -30,8 +30,8 @@ import (
 //	rotation       an operator's accounts/<name>/rotate, through any node
 //	full disk      soakFullDisk, when a test binary provides it (below)
 //
-// ERMEO_SOAK is its length (a Go duration; default 2m, which `make test`
-// runs); ERMEO_SOAK_SEED replays a schedule. It fails if a chain was lost by
+// ERMEO_SOAK is its length (a Go duration; default 1m, which `make test`
+// runs, beside the Agent and Python tests); ERMEO_SOAK_SEED replays a schedule. It fails if a chain was lost by
 // the plugin, a token used twice, a reader given a token Ermeo refuses, or
 // an account is unusable at the end.
 
@@ -73,7 +73,8 @@ type soak struct {
 }
 
 func TestSoak(t *testing.T) {
-	length := 2 * time.Minute
+	t.Parallel() // beside the Agent and Python tests, which mostly wait
+	length := time.Minute
 	if v := os.Getenv("ERMEO_SOAK"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
