@@ -113,7 +113,7 @@ unit:
 # -timeout 40m: the package's tests, the 1-minute soak (TestSoak) and the
 # partition test included, take longer than go test's default 10 minutes.
 e2e:
-	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -timeout 40m -v ./internal/e2e/
+	vault="$$(scripts/vault-bin.sh)" && VAULT_BIN="$$vault" ERMEO_E2E_REQUIRED=1 go test -race -count=1 -parallel 8 -timeout 40m -v ./internal/e2e/
 
 # The soak alone, for SOAK (a Go duration, default 30m) on a 3-node cluster
 # whose nodes each run in a network namespace of their own (root only):
