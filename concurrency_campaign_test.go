@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,12 +46,14 @@ var concurrencyAccounts = []string{"a", "b", "c"}
 
 type concurrencyStats struct {
 	schedules, requests, failed, refreshes int
-	ops                                    map[string]int
-	longest                                time.Duration
-	longestOp                              string
-	inversions                             int64
-	stalls                                 int
-	usedTwice, lostByPlugin                int
+	// failures by kind: "400 accounts/<name>", "502 creds/<name>", ...
+	failures                map[string]int
+	ops                     map[string]int
+	longest                 time.Duration
+	longestOp               string
+	inversions              int64
+	stalls                  int
+	usedTwice, lostByPlugin int
 }
 
 func TestConcurrencyCampaign(t *testing.T) {
@@ -58,7 +61,7 @@ func TestConcurrencyCampaign(t *testing.T) {
 	seed := envInt("ERMEO_CONCURRENCY_SEED", time.Now().UnixNano())
 	fmt.Printf("concurrency campaign: %d schedules of %d goroutines x %d requests, seed %d (ERMEO_CONCURRENCY_SEED=%d to replay)\n",
 		schedules, concurrencyWorkers, concurrencyOps, seed, seed)
-	total := concurrencyStats{ops: map[string]int{}}
+	total := concurrencyStats{ops: map[string]int{}, failures: map[string]int{}}
 	start := time.Now()
 	for i := 0; i < schedules; i++ {
 		s := seed + int64(i)
@@ -79,6 +82,11 @@ func printConcurrencyTable(seed int64, s *concurrencyStats, took time.Duration) 
 	for _, op := range concurrencyOpNames {
 		ops = append(ops, fmt.Sprintf("%s %d", op, s.ops[op]))
 	}
+	var failures []string
+	for k, v := range s.failures {
+		failures = append(failures, fmt.Sprintf("%s %d", k, v))
+	}
+	sort.Strings(failures)
 	checked := "checked (-tags lockorder)"
 	if !lockOrderChecked {
 		checked = "NOT checked (built without -tags lockorder)"
@@ -87,13 +95,14 @@ func printConcurrencyTable(seed int64, s *concurrencyStats, took time.Duration) 
   schedules                      %d
   requests (failed)              %d (%d)
     by entry point               %s
+    failed, by answer            %s
   refreshes at the fake          %d
   longest wait for one request   %s (%s)
   lock-order inversions          %d   (%s)
   stalls (10 s without progress) %d
   tokens used twice              %d
   chains lost by the plugin      %d
-`, seed, took.Round(time.Millisecond), s.schedules, s.requests, s.failed, strings.Join(ops, ", "), s.refreshes,
+`, seed, took.Round(time.Millisecond), s.schedules, s.requests, s.failed, strings.Join(ops, ", "), strings.Join(failures, ", "), s.refreshes,
 		s.longest.Round(time.Millisecond), s.longestOp, s.inversions, checked, s.stalls, s.usedTwice, s.lostByPlugin)
 }
 
@@ -149,7 +158,19 @@ func (r *concurrencyRun) do(op logical.Operation, path string, data map[string]a
 		}
 	}
 	resp, err := r.e.b.HandleRequest(ctx, req)
-	r.finish(path, start, err != nil || resp.IsError() || rawErrorCode(resp) >= 400, resp)
+	failure := ""
+	switch code := rawErrorCode(resp); {
+	case err != nil:
+		failure = "error"
+	case code >= 400:
+		failure = fmt.Sprint(code)
+	case resp.IsError():
+		failure = "400"
+	}
+	if failure != "" {
+		failure += " " + concurrencyPathKind(path, op)
+	}
+	r.finish(path, start, failure, resp)
 }
 
 func rawErrorCode(resp *logical.Response) int {
@@ -157,14 +178,24 @@ func rawErrorCode(resp *logical.Response) int {
 	return code
 }
 
-func (r *concurrencyRun) finish(what string, start time.Time, failed bool, resp *logical.Response) {
+// concurrencyPathKind names a request without its account: "creds read".
+func concurrencyPathKind(path string, op logical.Operation) string {
+	for _, name := range concurrencyAccounts {
+		path = strings.Replace(path, "/"+name, "/<name>", 1)
+	}
+	return string(op) + " " + path
+}
+
+func (r *concurrencyRun) finish(what string, start time.Time, failure string, resp *logical.Response) {
 	took := time.Since(start)
+	failed := failure != ""
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastDone = time.Now()
 	r.stats.requests++
 	if failed {
 		r.stats.failed++
+		r.stats.failures[failure]++
 	}
 	if took > r.stats.longest {
 		r.stats.longest, r.stats.longestOp = took, what
@@ -234,7 +265,7 @@ func (r *concurrencyRun) step(rng *rand.Rand, op string) {
 	case "tick":
 		start := time.Now()
 		err := r.e.b.periodic(context.Background(), &logical.Request{Storage: r.e.view, MountPoint: testMount})
-		r.finish("periodic tick", start, err != nil, nil)
+		r.finish("periodic tick", start, failureOf(err, "periodic tick"), nil)
 	case "invalidate":
 		key := "config"
 		if rng.Intn(2) == 0 {
@@ -242,13 +273,13 @@ func (r *concurrencyRun) step(rng *rand.Rand, op string) {
 		}
 		start := time.Now()
 		r.e.b.invalidate(context.Background(), key)
-		r.finish("Invalidate", start, false, nil)
+		r.finish("Invalidate", start, "", nil)
 	case "init/clean":
 		start := time.Now()
 		err := r.e.b.initialize(context.Background(), &logical.InitializationRequest{Storage: r.e.view})
 		time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
 		r.e.b.clean(context.Background())
-		r.finish("initialize/clean", start, err != nil, nil)
+		r.finish("initialize/clean", start, failureOf(err, "initialize"), nil)
 	case "clock":
 		r.e.clock.Advance(time.Duration(rng.Intn(25)) * time.Minute)
 	}
@@ -260,7 +291,7 @@ func runConcurrencySchedule(t *testing.T, seed int64, total *concurrencyStats) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	slow := httptest.NewServer(&slowErmeo{fake: e.fake, rng: rand.New(rand.NewSource(seed))})
 	leaks := goleak.IgnoreCurrent() // the test servers' own; the backend has none yet
-	run := &concurrencyRun{t: t, e: e, urls: []string{e.url, slow.URL}, stats: &concurrencyStats{ops: map[string]int{}}, lastDone: time.Now()}
+	run := &concurrencyRun{t: t, e: e, urls: []string{e.url, slow.URL}, stats: &concurrencyStats{ops: map[string]int{}, failures: map[string]int{}}, lastDone: time.Now()}
 	e.must(logical.UpdateOperation, "config", map[string]any{"api_url": slow.URL, "client_id": testClientID, "client_secret": testClientSecret})
 	for _, name := range concurrencyAccounts {
 		e.createAccount(name, map[string]any{"store_password": rng.Intn(2) == 0})
@@ -365,7 +396,18 @@ func runConcurrencySchedule(t *testing.T, seed int64, total *concurrencyStats) {
 	for k, v := range run.stats.ops {
 		total.ops[k] += v
 	}
+	for k, v := range run.stats.failures {
+		total.failures[k] += v
+	}
 	if run.stats.longest > total.longest {
 		total.longest, total.longestOp = run.stats.longest, run.stats.longestOp
 	}
+}
+
+// failureOf is err's failure kind for the table, or "".
+func failureOf(err error, what string) string {
+	if err == nil {
+		return ""
+	}
+	return "error " + what
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -122,15 +121,7 @@ func TestThousandReadersAtExpiryCauseOneRefresh(t *testing.T) {
 // storage, where each of the 1,000 leases is a Raft log entry on disk: the
 // refresh's writes and the readers' lease writes queue for the same log.
 func TestThousandReadersAtExpiryCauseOneRefreshRaft(t *testing.T) {
-	c := startSingleRaft(t)
-	fake := fakeermeo.New(thousandReadersFake)
-	srv := httptest.NewServer(fake)
-	t.Cleanup(srv.Close)
-	client, err := c.NewClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, mount: c.Mount, fake: fake, url: srv.URL, c: client}
+	c, e := startSingleRaftEnv(t, thousandReadersFake)
 	thousandReadersAtExpiry(t, e, "a single-node Raft server, "+c.Version)
 }
 

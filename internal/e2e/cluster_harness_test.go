@@ -161,6 +161,21 @@ func startSingleRaft(t *testing.T) *Cluster {
 	return c
 }
 
+// startSingleRaftEnv is startSingleRaft with a fake Ermeo of opts, and the
+// env of the server's mount against it (not yet configured).
+func startSingleRaftEnv(t *testing.T, opts fakeermeo.Options) (*Cluster, *env) {
+	t.Helper()
+	c := startSingleRaft(t)
+	fake := fakeermeo.New(opts)
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	client, err := c.NewClient(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, &env{t: t, mount: c.Mount, fake: fake, url: srv.URL, c: client}
+}
+
 // startTestCluster skips unless a vault binary is at hand (and without
 // -short), then starts a fake Ermeo and a cluster with the plugin enabled and
 // configured against it. Everything is stopped at the end of the test; on

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,15 +117,8 @@ func residentMemory(t *testing.T, pids []int) string {
 // one fake Ermeo for a seal landing on a refresh in flight, then a snapshot
 // restore after rotations.
 func TestLifeCycleOnRaft(t *testing.T) {
-	c := startSingleRaft(t)
-	fake := fakeermeo.New(fakeermeo.Options{AccessTokenTTL: time.Hour})
-	srv := httptest.NewServer(fake)
-	t.Cleanup(srv.Close)
-	client, err := c.NewClient(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, mount: c.Mount, fake: fake, url: srv.URL, c: client}
+	c, e := startSingleRaftEnv(t, fakeermeo.Options{AccessTokenTTL: time.Hour})
+	fake, client := e.fake, e.c
 	e.configure()
 	node := c.Nodes[0]
 
