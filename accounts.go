@@ -216,6 +216,10 @@ type accountStore struct {
 	// unsaved holds, per account, a refreshed pair whose storage write
 	// failed: served from memory and written again at the next chance.
 	unsaved map[string]*accountEntry
+	// changes counts the changes to cache and overlay by writes, deletes and
+	// invalidations: a read from storage fills the cache only if none came
+	// while it read, since what it read may be older than what they did.
+	changes uint64
 	// queue is the keep-alive schedule: each account by when it is due.
 	queue *queue.PriorityQueue
 	// load is the schedule's load from storage (see loadSchedule).
@@ -256,6 +260,7 @@ func (s *accountStore) get(ctx context.Context, st logical.Storage, name string)
 	if a == nil {
 		a = s.cache[name]
 	}
+	changes := s.changes
 	s.mu.Unlock()
 	if a != nil {
 		return a.clone(), nil
@@ -264,9 +269,10 @@ func (s *accountStore) get(ctx context.Context, st logical.Storage, name string)
 	if err != nil || a == nil {
 		return a, err
 	}
-	// A writer's entry, stored meanwhile, is newer than this read: keep it.
+	// A write, delete or invalidation meanwhile is newer than this read:
+	// it is not cached over them.
 	s.mu.Lock()
-	if s.cache[name] == nil {
+	if s.changes == changes && s.cache[name] == nil {
 		s.cache[name] = a.clone()
 	}
 	s.mu.Unlock()
@@ -285,6 +291,7 @@ func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name s
 		return nil, err
 	}
 	s.mu.Lock()
+	s.changes++
 	if a == nil {
 		delete(s.cache, name)
 	} else {
@@ -306,6 +313,7 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 	}
 	c := a.clone()
 	s.mu.Lock()
+	s.changes++
 	if err != nil {
 		s.unsaved[name] = c
 	} else {
@@ -353,9 +361,13 @@ func (s *accountStore) remove(ctx context.Context, st logical.Storage, name stri
 		return err
 	}
 	s.mu.Lock()
+	s.changes++
 	delete(s.cache, name)
 	delete(s.unsaved, name)
 	_, _ = s.queue.PopByKey(name)
+	if s.load.inProgress != nil {
+		s.load.scheduled[name] = true // a load that read it before must not schedule it
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -363,6 +375,7 @@ func (s *accountStore) remove(ctx context.Context, st logical.Storage, name stri
 // invalidate drops a cached entry that another node changed.
 func (s *accountStore) invalidate(name string) {
 	s.mu.Lock()
+	s.changes++
 	delete(s.cache, name)
 	s.mu.Unlock()
 }
@@ -422,6 +435,7 @@ func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name
 	}
 	if !followsFrom(pending, stored) {
 		s.mu.Lock()
+		s.changes++
 		delete(s.unsaved, name)
 		delete(s.cache, name)
 		s.mu.Unlock()

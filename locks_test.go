@@ -205,3 +205,48 @@ func TestOnlyTheStoreTouchesItsFields(t *testing.T) {
 		})
 	}
 }
+
+// heldStorage holds every Get of one key, after it has read the entry, until
+// released: a read that began before a change and ends after it.
+type heldStorage struct {
+	logical.Storage
+	key     string
+	reading chan struct{} // a Get of key has read and is held
+	release chan struct{}
+}
+
+func (s *heldStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	if key == s.key {
+		s.reading <- struct{}{}
+		<-s.release
+	}
+	return e, err
+}
+
+// A creds read that read an account from storage just before the account
+// was deleted must not cache what it read: later reads would serve the
+// deleted account's token from memory.
+func TestAReadOverlappingADeleteDoesNotCacheTheDeletedAccount(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", nil)
+	e.b.invalidate(context.Background(), accountPrefix+"app") // not cached: the next read goes to storage
+	held := &heldStorage{Storage: e.storage, key: accountPrefix + "app", reading: make(chan struct{}), release: make(chan struct{})}
+	e.useStorage(held)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.request(logical.ReadOperation, "creds/app", nil)
+		done <- err
+	}()
+	<-held.reading
+	e.useStorage(e.storage)
+	e.must(logical.DeleteOperation, "accounts/app", nil)
+	close(held.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the read that overlapped the delete: %v", err)
+	}
+	if resp, err := e.request(logical.ReadOperation, "creds/app", nil); err == nil && resp != nil && !resp.IsError() {
+		t.Fatalf("creds/app of a deleted account served a token: %v", resp.Data)
+	}
+}
