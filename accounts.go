@@ -248,7 +248,7 @@ func newAccountStore(now func() time.Time, config func() *configEntry, logger fu
 }
 
 // lock returns the lock that serializes everything done to one account.
-func (s *accountStore) lock(name string) *mutex { return s.locks.of(name) }
+func (s *accountStore) lock(name string) *outerLock { return s.locks.of(name) }
 
 // get returns the newest known state of an account without taking its lock:
 // a refreshed pair waiting to be stored, or the cached entry, or storage. For

@@ -66,7 +66,7 @@ type backend struct {
 	config atomic.Pointer[cachedConfig]
 	// configMu serializes config writes and deletes (read-modify-writes);
 	// see locks.go for the order.
-	configMu mutex
+	configMu outerLock
 
 	// metrics counts what the refresh protocol did (see metrics.go).
 	metrics *metrics

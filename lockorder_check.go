@@ -5,10 +5,12 @@ package ermeosecrets
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/petermattis/goid"
 	"github.com/sasha-s/go-deadlock"
 )
 
@@ -60,3 +62,34 @@ func init() {
 
 // lockOrderInversions is how many lock-order inversions this process saw.
 func lockOrderInversions() int64 { return inversions.Load() }
+
+// outerHeld is, per goroutine, the outer lock it holds (locks.go).
+var outerHeld = struct {
+	sync.Mutex
+	by map[int64]*outerLock
+}{by: map[int64]*outerLock{}}
+
+// takingOuter reports a goroutine that takes an outer lock while it holds
+// one (two account locks, or an account lock and the config lock), as an
+// inversion: the order forbids it whether or not another goroutine ever
+// takes the two the other way round.
+func takingOuter(l *outerLock) {
+	gid := goid.Get()
+	outerHeld.Lock()
+	held := outerHeld.by[gid]
+	outerHeld.by[gid] = l
+	outerHeld.Unlock()
+	if held != nil {
+		inversions.Add(1)
+		buf := make([]byte, 64<<10)
+		n := runtime.Stack(buf, false)
+		inversionLines.Error("lock-order inversion: a second account or config lock taken while one is held", "report", string(buf[:n]))
+	}
+}
+
+func releasedOuter(*outerLock) {
+	gid := goid.Get()
+	outerHeld.Lock()
+	delete(outerHeld.by, gid)
+	outerHeld.Unlock()
+}

@@ -8,8 +8,11 @@ import "hash/maphash"
 // go-deadlock mutex that reports any two locks ever taken in both orders
 // (see lockorder_check.go); release builds use plain sync.
 //
-// The order: an account lock or the config lock (never both), then the
-// store lock; nothing else is ever held under another lock.
+// The order: an account lock or the config lock (never both, never two
+// account locks: the "outer" locks, of which a goroutine holds at most one),
+// then the store lock; nothing else is ever held under another lock. Under
+// -tags lockorder go-deadlock reports any two locks taken in both orders,
+// and outerLock reports a goroutine taking a second outer lock.
 //
 //	account lock  accountStore.locks: one per account (hashed into 256),
 //	              serializing every read-modify-write of the account and
@@ -34,18 +37,32 @@ import "hash/maphash"
 // its done channel (accountStore.stopLoad), never under a lock; the metrics
 // collector finds the backend through an atomic pointer (metrics.go).
 
+// outerLock is an account lock or the config lock: held across storage
+// and Ermeo calls, and never two at once by one goroutine.
+type outerLock struct{ mu mutex }
+
+func (l *outerLock) Lock() {
+	takingOuter(l)
+	l.mu.Lock()
+}
+
+func (l *outerLock) Unlock() {
+	l.mu.Unlock()
+	releasedOuter(l)
+}
+
 // accountLockCount is how many locks the accounts are hashed into.
 const accountLockCount = 256
 
 // accountLocks is the table of account locks.
 type accountLocks struct {
 	seed  maphash.Seed
-	locks [accountLockCount]mutex
+	locks [accountLockCount]outerLock
 }
 
 func newAccountLocks() *accountLocks { return &accountLocks{seed: maphash.MakeSeed()} }
 
 // of returns the lock of the account name.
-func (l *accountLocks) of(name string) *mutex {
+func (l *accountLocks) of(name string) *outerLock {
 	return &l.locks[maphash.String(l.seed, name)%accountLockCount]
 }
