@@ -417,7 +417,12 @@ func (d *diskRun) episode(step string, hold bool) *diskRow {
 		return ""
 	}
 	if !pollUntil(20*time.Second, func() bool { return refused() != "" }) {
-		t.Fatalf("%s: nothing refused within 20s of filling the disk", step)
+		// Every write found room in pages the databases had freed (seen:
+		// 8 rotations in 20 s on the full disk, in one fresh clone's run
+		// of four): a miss, as a write that fits is, and the next fill
+		// tries again (fullDiskAttempts; d.check fails a run where steps
+		// a or b were never seen).
+		t.Logf("%s: nothing refused within 20s of filling the disk; the next fill tries again", step)
 	}
 	// The Vault log line of a refused intent may come a moment after the
 	// step-down's; give the readers' answers a moment to land.
