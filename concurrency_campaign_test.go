@@ -6,7 +6,6 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -346,10 +345,8 @@ func runConcurrencySchedule(t *testing.T, seed int64, total *concurrencyStats) {
 			run.mu.Unlock()
 			if idle > concurrencyStallFor {
 				total.stalls++
-				buf := make([]byte, 4<<20)
-				n := runtime.Stack(buf, true)
 				t.Fatalf("stall: no request completed for %s, %d of %d goroutines still running (seed %d)\n%s",
-					idle.Round(time.Second), concurrencyWorkers-int(finished.Load()), concurrencyWorkers, seed, buf[:n])
+					idle.Round(time.Second), concurrencyWorkers-int(finished.Load()), concurrencyWorkers, seed, allStacks())
 			}
 		}
 	}

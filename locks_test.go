@@ -31,10 +31,14 @@ func waitAll(t *testing.T, limit time.Duration, what string, done <-chan struct{
 	select {
 	case <-done:
 	case <-time.After(limit):
-		buf := make([]byte, 1<<20)
-		n := runtime.Stack(buf, true)
-		t.Fatalf("%s: still waiting after %s: a deadlock\n%s", what, limit, buf[:n])
+		t.Fatalf("%s: still waiting after %s: a deadlock\n%s", what, limit, allStacks())
 	}
+}
+
+// allStacks is every goroutine's stack, for a test that found a deadlock.
+func allStacks() []byte {
+	buf := make([]byte, 4<<20)
+	return buf[:runtime.Stack(buf, true)]
 }
 
 // A slow refresh, a periodic tick and a config write, with body_format=auto
