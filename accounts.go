@@ -594,6 +594,11 @@ func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(c
 	if names, err = listAccounts(l.ctx, st); err != nil {
 		return err
 	}
+	// Only the first load of a process reports interrupted refreshes: later
+	// ones (after a config change) would find this process's own in flight.
+	s.mu.Lock()
+	starting := !s.load.everLoaded
+	s.mu.Unlock()
 	for _, name := range names {
 		if err := l.ctx.Err(); err != nil {
 			return err
@@ -609,7 +614,6 @@ func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(c
 		if !s.load.scheduled[name] {
 			s.scheduleLocked(name, a)
 		}
-		starting := !s.load.everLoaded
 		s.mu.Unlock()
 		if a.RotationIntent != nil && starting {
 			interrupted++
