@@ -66,9 +66,15 @@ type accountEntry struct {
 	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
 	CheckedAt      time.Time       `json:"checked_at,omitempty"`
 	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
-	// NextAttemptAt is set when a grant got no answer: refreshes wait until
-	// then (backoff, or the server's Retry-After), unless an operator forces one.
+	// NextAttemptAt is set when a refresh failed at Ermeo (no answer, or a
+	// rejected client): refreshes wait until then (backoff, or the server's
+	// Retry-After), unless an operator forces one. Failures counts the
+	// failed refreshes since the last grant, which the backoff doubles with.
 	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
+	Failures      int       `json:"failures,omitempty"`
+	// RejectedByConfig is the config revision whose client Ermeo rejected:
+	// a config written since (a new revision) lifts the backoff.
+	RejectedByConfig uint64 `json:"rejected_by_config,omitempty"`
 	// ChainLostAt and ChainLostHow record the account's last chain found
 	// gone (how: lost_in_flight or refused), kept across new chains, so that
 	// the loss is seen in the account's status and the metrics even after a
@@ -144,6 +150,13 @@ func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
 	}
 }
 
+// backoffLifted reports whether config changed since Ermeo rejected the
+// account's refresh: the operator may have fixed the client, so the next
+// refresh need not wait.
+func (a *accountEntry) backoffLifted(cfg *configEntry) bool {
+	return a.RejectedByConfig != 0 && cfg != nil && cfg.Revision != a.RejectedByConfig
+}
+
 // dueAt is when the periodic function should next look at an account, and
 // whether it should at all. It depends on the entry alone (and config's
 // defaults), which is why every put reschedules.
@@ -154,7 +167,7 @@ func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
 		// found gone) can restart it; retrying a refused password on a
 		// timer could lock the user out.
 		return time.Time{}, false
-	case !a.NextAttemptAt.IsZero():
+	case !a.NextAttemptAt.IsZero() && !a.backoffLifted(cfg):
 		return a.NextAttemptAt, true
 	case a.RotationIntent != nil, a.RefreshToken == "", a.RefreshTokenIssuedAt.IsZero():
 		// An interrupted refresh, or a chain to start: resolve it soon.
@@ -216,6 +229,10 @@ type accountStore struct {
 	// unsaved holds, per account, a refreshed pair whose storage write
 	// failed: served from memory and written again at the next chance.
 	unsaved map[string]*accountEntry
+	// failures holds, per account, the last refresh that storage refused
+	// before anything was sent: storage could not record it, so the
+	// account's status shows it from here until the next write.
+	failures map[string]string
 	// changes counts the changes to cache and overlay by writes, deletes and
 	// invalidations: a read from storage fills the cache only if none came
 	// while it read, since what it read may be older than what they did.
@@ -239,6 +256,7 @@ func newAccountStore(now func() time.Time, config func() *configEntry, logger fu
 		locks:      newAccountLocks(),
 		cache:      map[string]*accountEntry{},
 		unsaved:    map[string]*accountEntry{},
+		failures:   map[string]string{},
 		queue:      queue.New(),
 		now:        now,
 		config:     config,
@@ -314,6 +332,7 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 	c := a.clone()
 	s.mu.Lock()
 	s.changes++
+	delete(s.failures, name)
 	if err != nil {
 		s.unsaved[name] = c
 	} else {
@@ -364,6 +383,7 @@ func (s *accountStore) remove(ctx context.Context, st logical.Storage, name stri
 	s.changes++
 	delete(s.cache, name)
 	delete(s.unsaved, name)
+	delete(s.failures, name)
 	_, _ = s.queue.PopByKey(name)
 	if s.load.inProgress != nil {
 		s.load.scheduled[name] = true // a load that read it before must not schedule it
@@ -377,6 +397,7 @@ func (s *accountStore) invalidate(name string) {
 	s.mu.Lock()
 	s.changes++
 	delete(s.cache, name)
+	delete(s.failures, name)
 	s.mu.Unlock()
 }
 
@@ -400,6 +421,20 @@ func (s *accountStore) unsavedCopy(name string) *accountEntry {
 		return a.clone()
 	}
 	return nil
+}
+
+// noteFailure records why storage refused the account's refresh (see failures).
+func (s *accountStore) noteFailure(name, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures[name] = msg
+}
+
+// failure is the refresh that storage last refused for the account, or "".
+func (s *accountStore) failure(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failures[name]
 }
 
 // hasUnsaved reports whether a refreshed pair of the account waits in memory.

@@ -31,6 +31,10 @@ const (
 	eventChainLost      = "ermeo/chain-lost"
 )
 
+// outcomeStorageRefused is the outcome, in ermeo_refreshes_total, of a
+// refresh that storage stopped before anything was sent to Ermeo.
+const outcomeStorageRefused = "storage_refused"
+
 // refreshBuckets are the upper bounds, in seconds, of the refresh latency histogram.
 var refreshBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
@@ -54,8 +58,9 @@ const (
 // path are rendered from one Gather of this registry.
 type metrics struct {
 	registry *prometheus.Registry
-	// refreshes counts refresh grants by outcome: success, rejected,
-	// chain_gone, unknown.
+	// refreshes counts refreshes by outcome: the grants' (success, rejected,
+	// chain_gone, unknown), and storage_refused for one that storage stopped
+	// before anything was sent.
 	refreshes *prometheus.CounterVec
 	// chainsLost counts chains found gone, by how: lost_in_flight (an
 	// earlier answer never arrived) or refused (invalid_grant at once).
@@ -76,7 +81,7 @@ func newMetrics() *metrics {
 		registry: prometheus.NewRegistry(),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricRefreshes,
-			Help: "Refresh grants sent to Ermeo, by outcome.",
+			Help: "Refreshes, by outcome: of the grant sent to Ermeo, or storage_refused when storage refused a write and nothing was sent.",
 		}, []string{"outcome"}),
 		passwordGrants: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricPasswordGrants,
@@ -100,7 +105,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.refreshes, m.passwordGrants, m.chainsLost, m.chainsRecovered, m.refreshDuration, m.accounts)
 	// Every series exists from the start, at zero, so that a rate or an
 	// alert on it has data before the first event.
-	for _, o := range []string{"success", "rejected", "chain_gone", "unknown"} {
+	for _, o := range []string{"success", "rejected", "chain_gone", "unknown", outcomeStorageRefused} {
 		m.refreshes.WithLabelValues(o)
 	}
 	for _, o := range []string{"success", "rejected", "unknown"} {
@@ -352,8 +357,9 @@ refreshes). Read with format=prometheus for Prometheus' text format:
   vault read ermeo/metrics
   curl -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/ermeo/metrics?format=prometheus"
 
-ermeo_refreshes_total{outcome}: refresh grants by outcome (success, rejected,
-chain_gone, unknown). ermeo_chains_lost_total{how}: chains found gone
+ermeo_refreshes_total{outcome}: refreshes by outcome (success, rejected,
+chain_gone, unknown; storage_refused when storage refused a write and nothing
+was sent). ermeo_chains_lost_total{how}: chains found gone
 (lost_in_flight: an earlier answer never arrived; refused: Ermeo refused the
 token at once). ermeo_chains_recovered_total: new chains started with a kept
 password. ermeo_password_grants_total{outcome}: password grants (account

@@ -163,7 +163,7 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 		help   string
 		labels []string // the label's values, sorted; nil for none
 	}{
-		metricRefreshes:       {dto.MetricType_COUNTER, "Refresh grants sent to Ermeo, by outcome.", []string{"chain_gone", "rejected", "success", "unknown"}},
+		metricRefreshes:       {dto.MetricType_COUNTER, "Refreshes, by outcome: of the grant sent to Ermeo, or storage_refused when storage refused a write and nothing was sent.", []string{"chain_gone", "rejected", "storage_refused", "success", "unknown"}},
 		metricPasswordGrants:  {dto.MetricType_COUNTER, "Password grants sent to Ermeo (account writes, re-bootstraps with a kept password), by outcome.", []string{"rejected", "success", "unknown"}},
 		metricChainsLost:      {dto.MetricType_COUNTER, "Refresh chains found gone, by how.", []string{"lost_in_flight", "refused"}},
 		metricChainsRecovered: {dto.MetricType_COUNTER, "New chains started with a kept password.", nil},

@@ -217,6 +217,9 @@ func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
+	if msg := b.store.failure(name); msg != "" {
+		a.LastError = msg
+	}
 	return &logical.Response{Data: accountView(name, a, cfg)}, nil
 }
 

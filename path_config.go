@@ -204,6 +204,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	// Act: prove the credentials before they replace the stored ones.
 	if old == nil || connectionChanged(old, c) {
 		c.CredentialsCheckedAt, c.BodyFormatDetected = time.Time{}, ""
+		c.Revision++
 	}
 	if !c.SkipConnectionCheck && c.CredentialsCheckedAt.IsZero() {
 		detected, err := b.checkCredentials(ctx, c)

@@ -118,7 +118,7 @@ func (b *backend) startChain(a *accountEntry, tok *ermeo.Token, sentAt time.Time
 	a.LastError = ""
 	a.State = stateActive
 	a.RotationIntent = nil
-	a.NextAttemptAt = time.Time{}
+	a.NextAttemptAt, a.Failures, a.RejectedByConfig = time.Time{}, 0, 0
 }
 
 // rotation is one run of the refresh protocol for one account.
@@ -148,19 +148,19 @@ func (b *backend) crashed(p crashPoint) bool {
 	return b.crashHook != nil && b.crashHook(p)
 }
 
-// errBackoff is the error of a refresh that waits after an unanswered one.
+// errBackoff is the error of a refresh that waits after a failed one.
 type errBackoff struct {
 	until time.Time
 	last  string
 }
 
 func (e *errBackoff) Error() string {
-	return fmt.Sprintf("Ermeo did not answer the last refresh (%s); the stored refresh token may be spent, and the next attempt waits until %s",
-		e.last, formatTime(e.until))
+	return fmt.Sprintf("the last refresh failed (%s); the next attempt waits until %s", e.last, formatTime(e.until))
 }
 
-// Backoff after a refresh that got no answer: 5s, 10s, 20s, ... up to 10
-// minutes, or the server's Retry-After if that is longer (up to an hour).
+// Backoff after a refresh that got no answer or was rejected: 5s, 10s, 20s,
+// ... up to 10 minutes, or the server's Retry-After if that is longer (up to
+// an hour).
 const (
 	backoffBase          = 5 * time.Second
 	backoffMax           = 10 * time.Minute
@@ -196,7 +196,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	// Uncancellable from here: every storage write and the upstream call.
 	ctx = context.WithoutCancel(ctx)
 	if err := b.store.flushLocked(ctx, r.storage, r.name); err != nil {
-		return a, fmt.Errorf("a refreshed token pair is still waiting to be stored; not refreshing again until it is: %w", err)
+		return a, b.storageRefused(r, fmt.Errorf("a refreshed token pair is still waiting to be stored; not refreshing again until it is: %w", err))
 	}
 	client, err := b.client(r.cfg)
 	if err != nil {
@@ -205,7 +205,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	if a.State == stateNeedsReauth && !a.PasswordKept {
 		return a, &errNeedsReauth{mount: r.mount, name: r.name, reason: a.LastError}
 	}
-	if !r.force && b.now().Before(a.NextAttemptAt) {
+	if !r.force && b.now().Before(a.NextAttemptAt) && !a.backoffLifted(r.cfg) {
 		return a, badGateway("%s", (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
 	}
 	if a.State == stateNeedsReauth || a.RefreshToken == "" {
@@ -222,7 +222,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 	next.RotationIntent = &intent
 	next.NextAttemptAt = time.Time{}
 	if err := b.store.put(ctx, r.storage, r.name, next, failWrite); err != nil {
-		return a, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err)
+		return a, b.storageRefused(r, fmt.Errorf("could not record the rotation before sending it, so nothing was sent: %w", err))
 	}
 	if b.crashed(crashAfterIntent) {
 		return nil, errSimulatedCrash
@@ -341,14 +341,21 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 		// checks these before it looks at the refresh token, which is unspent.
 		var rejected *ermeo.RejectedError
 		errors.As(o.err, &rejected)
+		// It is not tried again before the backoff, unless config changes
+		// (the operator fixed the client) or an operator forces a rotation.
 		next.RotationIntent = nil
+		next.Failures++
+		next.NextAttemptAt = b.now().Add(backoffFor(next.Failures, 0))
+		next.RejectedByConfig = r.cfg.Revision
 		next.LastError = "Ermeo rejected the refresh request: " + rejected.Message()
 		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", rejected.Code)
 		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
 			log.Error("could not store the rejected refresh's outcome", "account", name, "error", err)
 		}
-		return next, badGateway("%s; the refresh token was not spent; check %sconfig", next.LastError, r.mount)
+		log.Warn("Ermeo rejected the refresh; the refresh token was not spent", "account", name, "generation", next.Generation,
+			"next_attempt_at", next.NextAttemptAt, "error", rejected.Code)
+		return next, badGateway("%s; the refresh token was not spent; check %sconfig (writing it lifts the wait until %s)", next.LastError, r.mount, formatTime(next.NextAttemptAt))
 
 	case outcomeUnknown:
 		// The refresh token may have been spent. Keep the intent record and
@@ -358,7 +365,8 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 		if errors.As(o.err, &unknown) {
 			retryAfter = unknown.RetryAfter
 		}
-		next.NextAttemptAt = b.now().Add(backoffFor(o.attempts, retryAfter))
+		next.Failures++
+		next.NextAttemptAt = b.now().Add(backoffFor(max(o.attempts, next.Failures), retryAfter))
 		next.LastError = "Ermeo did not answer the refresh: " + ermeo.Message(o.err)
 		b.metrics.refresh(o.kind.metricLabel(), o.took)
 		b.emit(ctx, eventRotationFailed, r.mount, name, "error", "outcome_unknown")
@@ -512,6 +520,16 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "adopted", "true")
 	b.Logger().Info("adopted a refresh chain", "account", r.name, "generation", next.Generation)
 	return next, nil
+}
+
+// storageRefused counts a refresh that storage stopped before anything was
+// sent, and notes it where the account's status shows it: storage, which
+// refused the write, cannot record it.
+func (b *backend) storageRefused(r rotation, err error) error {
+	b.metrics.refreshes.WithLabelValues(outcomeStorageRefused).Inc()
+	b.store.noteFailure(r.name, err.Error())
+	b.Logger().Error("storage refused a refresh's write", "account", r.name, "error", err)
+	return err
 }
 
 // writerClient returns the Ermeo client for a grant that writes the

@@ -56,6 +56,10 @@ type configEntry struct {
 	// a lease (default_lease=false).
 	DefaultNoLease        bool          `json:"default_no_lease,omitempty"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
+	// Revision counts the changes of how Ermeo is reached and as whom
+	// (connectionChanged), from 1: an account whose refresh Ermeo rejected
+	// under one revision stops backing off under the next.
+	Revision uint64 `json:"revision"`
 }
 
 // passwordEntry is an account's password, kept only when the operator opted in.
@@ -68,6 +72,9 @@ func loadConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
 	ok, err := getJSON(ctx, s, configKey, &c)
 	if err != nil || !ok {
 		return nil, err
+	}
+	if c.Revision == 0 {
+		c.Revision = 1 // written before revisions were counted
 	}
 	return &c, nil
 }
