@@ -24,20 +24,20 @@ import (
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
-// TestPrometheusScrapesEveryMetricTheREADMENames runs a real Prometheus
+// TestPrometheusScrapesEveryDocumentedMetric runs a real Prometheus
 // server with examples/prometheus/prometheus.yml and its alert rules against
 // the real Vault with the plugin, scraping every second with a token of
 // examples/policy/prometheus.hcl, and asks Prometheus's HTTP API what it got:
-// every metric the README's "Metrics and events" table names, and none it
-// does not name; the values of what the test did; every alert rule evaluated
-// without error on the real series. One account's chain is lost before a
-// reload of the plugin, whose counters then start again from zero:
+// every metric the table of docs/metrics.md's "Metrics" section names, and
+// none it does not name; the values of what the test did; every alert rule
+// evaluated without error on the real series. One account's chain is lost
+// before a reload of the plugin, whose counters then start again from zero:
 // ErmeoChainLost and ErmeoAccountNeedsReauth fire all the same, and no other
 // rule does.
-func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
+func TestPrometheusScrapesEveryDocumentedMetric(t *testing.T) {
 	e := newEnv(t, fakeermeo.Options{})
 	bin := findPrometheus(t)
-	documented := readmeMetrics(t)
+	documented := documentedMetrics(t)
 
 	e.configure()
 	// Someone else spends the chain of "lost"; the plugin finds out at its
@@ -144,14 +144,14 @@ func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
 	}
 	for _, name := range documented {
 		if series, ok := scraped[name]; ok {
-			t.Logf("README names %s: scraped, as %s", name, strings.Join(series, ", "))
+			t.Logf("docs/metrics.md names %s: scraped, as %s", name, strings.Join(series, ", "))
 		} else {
-			t.Errorf("README names %s, which Prometheus did not scrape (scraped: %v)", name, names)
+			t.Errorf("docs/metrics.md names %s, which Prometheus did not scrape (scraped: %v)", name, names)
 		}
 	}
 	for name := range scraped {
 		if !slices.Contains(documented, name) {
-			t.Errorf("Prometheus scraped %s, which the README's Metrics table does not name", name)
+			t.Errorf("Prometheus scraped %s, which the Metrics table of docs/metrics.md does not name", name)
 		}
 	}
 
@@ -215,14 +215,14 @@ func TestPrometheusScrapesEveryMetricTheREADMENames(t *testing.T) {
 	t.Logf("alert rules evaluated by Prometheus, all ok; firing after the reload: ErmeoChainLost, ErmeoAccountNeedsReauth; inactive: the rest of %s", strings.Join(ruleNames(rules), ", "))
 }
 
-// readmeMetrics returns the metric names in the first column of the table
-// of README.md's "Metrics and events" section.
-func readmeMetrics(t *testing.T) []string {
+// documentedMetrics returns the metric names in the first column of the
+// table of docs/metrics.md's "Metrics" section.
+func documentedMetrics(t *testing.T) []string {
 	t.Helper()
-	section := exampleFile(t, "README.md")
-	_, section, ok := strings.Cut(section, "\n## Metrics and events\n")
+	section := exampleFile(t, "docs/metrics.md")
+	_, section, ok := strings.Cut(section, "\n## Metrics\n")
 	if !ok {
-		t.Fatal(`README.md has no "## Metrics and events" section`)
+		t.Fatal(`docs/metrics.md has no "## Metrics" section`)
 	}
 	section, _, _ = strings.Cut(section, "\n## ")
 	var names []string
@@ -230,7 +230,7 @@ func readmeMetrics(t *testing.T) []string {
 		names = append(names, m[1])
 	}
 	if len(names) < 5 {
-		t.Fatalf("found only %v in the README's Metrics table", names)
+		t.Fatalf("found only %v in the Metrics table of docs/metrics.md", names)
 	}
 	return names
 }
