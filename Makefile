@@ -97,7 +97,30 @@ fmt-check:
 # Every test: unit tests with the race detector, then the e2e tests, which
 # start a real vault server (obtained by scripts/vault-bin.sh) with the plugin
 # and print the Vault version and their figures (hence -v).
-test: fmt-check vet alerts-test unit chaos-short fuzz-smoke e2e
+# The steps are TEST_STEPS, run in that order, each by a make of its own; the
+# first that fails stops the run, and make test fails with its status. At the
+# end, whether the steps passed or one failed, make test prints a table of
+# each step run and its wall time in seconds (the failed one marked FAILED),
+# and their total. make test TEST_STEPS="fmt-check vet" runs just those.
+test: TEST_STEPS := fmt-check vet alerts-test unit chaos-short fuzz-smoke e2e
+test:
+	@names=(); secs=(); failed=; \
+	report() { \
+	  local i total=0; \
+	  printf '\n%-12s %8s\n' step seconds; \
+	  for i in "$${!names[@]}"; do \
+	    printf '%-12s %8d%s\n' "$${names[i]}" "$${secs[i]}" "$$([ "$${names[i]}" = "$$failed" ] && echo '  FAILED')"; \
+	    total=$$((total + secs[i])); \
+	  done; \
+	  printf '%-12s %8d\n' total "$$total"; \
+	}; \
+	trap report EXIT; \
+	for step in $(TEST_STEPS); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory "$$step"; status=$$?; \
+	  names+=("$$step"); secs+=($$(( $$(date +%s) - start ))); \
+	  if [ "$$status" -ne 0 ]; then failed=$$step; exit "$$status"; fi; \
+	done
 
 # The campaigns run in their own step (chaos-short), with their tables.
 CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign|TestConcurrencyCampaign)$$
@@ -124,7 +147,7 @@ e2e:
 # SOAK plus 20 minutes (Go reads "30m20m" as 50m).
 # SOAK_FULL_DISK=1 adds full disks (each node's Raft directory on a tmpfs
 # filled for 2-6 s): off by default, since Vault's cluster does not always
-# recover from one (README, "What we test and how").
+# recover from one (docs/testing.md, "What we test and how").
 SOAK      ?= 30m
 SOAK_SEED ?= $(shell date +%s%N)
 SOAK_FULL_DISK ?= 0

@@ -30,17 +30,63 @@ func repoRoot(t *testing.T) string {
 // runMake runs make in the repository with args and returns its output.
 func runMake(t *testing.T, args ...string) string {
 	t.Helper()
+	return runMakeIn(t, repoRoot(t), args...)
+}
+
+// runMakeIn runs make in dir with args and returns its output.
+func runMakeIn(t *testing.T, dir string, args ...string) string {
+	t.Helper()
 	makeBin, err := exec.LookPath("make")
 	if err != nil {
 		t.Skip("make is not on PATH")
 	}
 	cmd := exec.Command(makeBin, args...)
-	cmd.Dir = repoRoot(t)
+	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("make %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("make %s (in %s): %v\n%s", strings.Join(args, " "), dir, err, out)
 	}
 	return string(out)
+}
+
+// copyCheckout copies into each of dsts the files of the repository that git
+// does not ignore (tracked or not, as they are in the working tree; not .git,
+// bin/ or dist/): checkouts of their own to run make release in. Each file is
+// read once, so that the copies are the same even if the repository is being
+// edited.
+func copyCheckout(t *testing.T, dsts ...string) {
+	t.Helper()
+	gitBin, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("git is not on PATH")
+	}
+	src := repoRoot(t)
+	cmd := exec.Command(gitBin, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+	cmd.Dir = src
+	list, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("git ls-files in %s: %v", src, err)
+	}
+	for _, rel := range strings.Split(strings.TrimSuffix(string(list), "\x00"), "\x00") {
+		from := filepath.Join(src, rel)
+		info, err := os.Lstat(from)
+		if err != nil || !info.Mode().IsRegular() {
+			continue // deleted in the working tree, or not a regular file
+		}
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, dst := range dsts {
+			to := filepath.Join(dst, rel)
+			if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(to, data, info.Mode().Perm()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
 
 // TestMakeBuildRebuildsWhenTheVersionChanges builds the plugin with one
@@ -82,47 +128,84 @@ func TestMakeBuildRebuildsWhenTheVersionChanges(t *testing.T) {
 	}
 }
 
-// TestMakeReleaseIsReproducibleAndCarriesTheVersion runs make release twice,
-// for two platforms, into two directories of its own: the two SHA256SUMS must
-// be byte for byte the same. Then make release for every platform must name
-// the five binaries with the version and platform, and hash each of them,
-// and a new VERSION must replace the binaries of the old one.
-// The linux/amd64 binary must carry the requested version, be built with
-// -trimpath, without cgo, VCS stamp or build id, and hold no absolute path
-// of the repository or the module cache.
+// TestMakeReleaseIsReproducibleAndCarriesTheVersion runs make release for
+// linux/amd64 in two checkouts of the repository, copies of it in two
+// directories of their own: the two binaries, and the two SHA256SUMS, must be
+// byte for byte the same. One platform proves this as well as five: every
+// platform is built by the same rule. That make release for every platform
+// builds the five binaries, named with the version and platform, hashes them
+// all, and leaves a binary already built alone, is checked with make -n; a
+// new VERSION must replace the binaries of the old one, and of any other
+// platform. The linux/amd64 binary must carry the requested version, be built
+// with -trimpath, without cgo, VCS stamp or build id, and hold no absolute
+// path of either checkout, the repository or the module cache.
 //
 // The second run reuses the Go build cache's compiled packages (a build from
-// an empty cache takes minutes per platform), so it checks that linking and
-// the output directory change nothing, not that compiling is deterministic.
-// Each platform is compiled once: about 10 s with a warm build cache.
+// an empty cache takes minutes per platform; with -trimpath the checkout's
+// directory is not part of a package's cache key), so it checks that linking,
+// the checkout's directory and the output directory change nothing, not that
+// compiling is deterministic. With a warm build cache the test builds one
+// platform and links it three times.
 func TestMakeReleaseIsReproducibleAndCarriesTheVersion(t *testing.T) {
 	const version = "v0.0.3-test"
-	const subset = "linux/amd64 darwin/arm64"
 	prefix := "vault-plugin-secrets-ermeo_" + version + "_"
-
-	a, b := t.TempDir(), t.TempDir()
-	runMake(t, "DIST="+a, "release", "VERSION="+version, "RELEASE_PLATFORMS="+subset)
-	runMake(t, "DIST="+b, "release", "VERSION="+version, "RELEASE_PLATFORMS="+subset)
-	sumsA := readSums(t, a, []string{prefix + "darwin_arm64", prefix + "linux_amd64"})
-	sumsB := readSums(t, b, []string{prefix + "darwin_arm64", prefix + "linux_amd64"})
-	if !bytes.Equal(sumsA, sumsB) {
-		t.Fatalf("two make release runs gave different SHA256SUMS:\n%s\n%s", sumsA, sumsB)
-	}
-
-	// Every platform, into a: the two binaries above stay as they are.
-	runMake(t, "DIST="+a, "release", "VERSION="+version)
-	full := readSums(t, a, []string{
+	all := []string{
 		prefix + "darwin_amd64", prefix + "darwin_arm64", prefix + "freebsd_amd64",
 		prefix + "linux_amd64", prefix + "linux_arm64",
-	})
-	for _, line := range strings.SplitAfter(strings.TrimSuffix(string(sumsA), "\n"), "\n") {
-		if !strings.Contains(string(full), strings.TrimSuffix(line, "\n")+"\n") {
-			t.Errorf("make release for every platform changed %q:\n%s", line, full)
-		}
 	}
 
-	// A new VERSION into b: dist holds its binary only, and SHA256SUMS lists it.
-	runMake(t, "DIST="+b, "release", "VERSION=v0.0.4-test", "RELEASE_PLATFORMS=linux/amd64")
+	// Two checkouts of the same files: an edit of the repository during the
+	// test cannot make them differ.
+	checkoutA, checkoutB := t.TempDir(), t.TempDir()
+	copyCheckout(t, checkoutA, checkoutB)
+	a, b := filepath.Join(checkoutA, "dist"), filepath.Join(checkoutB, "dist")
+	runMakeIn(t, checkoutA, "release", "VERSION="+version, "RELEASE_PLATFORMS=linux/amd64")
+	runMakeIn(t, checkoutB, "release", "VERSION="+version, "RELEASE_PLATFORMS=linux/amd64")
+	sumsA := readSums(t, a, []string{prefix + "linux_amd64"})
+	sumsB := readSums(t, b, []string{prefix + "linux_amd64"})
+	if !bytes.Equal(sumsA, sumsB) {
+		t.Fatalf("make release in two checkouts gave different SHA256SUMS:\n%s\n%s", sumsA, sumsB)
+	}
+	binA, err := os.ReadFile(filepath.Join(a, prefix+"linux_amd64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	binB, err := os.ReadFile(filepath.Join(b, prefix+"linux_amd64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(binA, binB) {
+		t.Fatalf("make release in two checkouts gave two different linux/amd64 binaries")
+	}
+
+	// Every platform (the default RELEASE_PLATFORMS), in a, without building:
+	// the four missing binaries are built, each for its platform and named
+	// with it, the linux/amd64 one is left as it is, and SHA256SUMS hashes
+	// the five.
+	plan := runMakeIn(t, checkoutA, "-n", "--no-print-directory", "release", "VERSION="+version)
+	for _, name := range all {
+		platform := strings.TrimPrefix(name, prefix) // <os>_<arch>
+		goos, goarch, _ := strings.Cut(platform, "_")
+		build := regexp.MustCompile(`GOOS=` + goos + ` GOARCH=` + goarch + ` \\\s+go build -trimpath -buildvcs=false .* -o dist/` + regexp.QuoteMeta(name) + ` `)
+		if built := build.MatchString(plan); built != (platform != "linux_amd64") {
+			t.Errorf("make -n release for every platform: building %s is %v, want %v\n%s", name, built, !built, plan)
+		}
+	}
+	sumsLine := regexp.MustCompile(`(?m)^cd dist && sha256sum (.*) \| LC_ALL=C sort -k 2 >SHA256SUMS.tmp`).FindStringSubmatch(plan)
+	if sumsLine == nil {
+		t.Errorf("make -n release for every platform does not write SHA256SUMS:\n%s", plan)
+	} else if hashed := strings.Fields(sumsLine[1]); !slices.Equal(slices.Sorted(slices.Values(hashed)), all) {
+		t.Errorf("make -n release for every platform hashes %q, want %q", hashed, all)
+	}
+
+	// A new VERSION into b: dist holds its binary only, and SHA256SUMS lists
+	// it. The binary of the old VERSION goes, and so does one of the new
+	// VERSION for a platform no longer released (a stand-in, not a build).
+	other := filepath.Join(b, "vault-plugin-secrets-ermeo_v0.0.4-test_darwin_arm64")
+	if err := os.WriteFile(other, []byte("stand-in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runMakeIn(t, checkoutB, "release", "VERSION=v0.0.4-test", "RELEASE_PLATFORMS=linux/amd64")
 	readSums(t, b, []string{"vault-plugin-secrets-ermeo_v0.0.4-test_linux_amd64"})
 	entries, err := os.ReadDir(b)
 	if err != nil {
@@ -179,7 +262,7 @@ func TestMakeReleaseIsReproducibleAndCarriesTheVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, dir := range []string{repoRoot(t), strings.TrimSpace(string(modcache)), a} {
+	for _, dir := range []string{repoRoot(t), strings.TrimSpace(string(modcache)), checkoutA, checkoutB} {
 		if dir != "" && bytes.Contains(bin, []byte(dir)) {
 			t.Errorf("%s contains the path %s", plugin, dir)
 		}

@@ -1,21 +1,35 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // Every read of Linux's /proc, by this harness and by internal/bench, is in
-// this file.
+// this file, through github.com/prometheus/procfs.
 
 // userHZ is the unit of the CPU times in /proc/<pid>/stat (USER_HZ, 100 on
 // every Linux architecture Go supports).
 const userHZ = 100
+
+// procFS is /proc, opened once.
+var procFS = sync.OnceValues(procfs.NewDefaultFS)
+
+// proc returns process pid of /proc, or an error if it has no directory
+// there.
+func proc(pid int) (procfs.Proc, error) {
+	fs, err := procFS()
+	if err != nil {
+		return procfs.Proc{}, err
+	}
+	return fs.Proc(pid)
+}
 
 // Process is what /proc/<pid>/stat says of a process.
 type Process struct {
@@ -32,46 +46,39 @@ type Process struct {
 
 // ReadProcess reads /proc/<pid>/stat.
 func ReadProcess(pid int) (Process, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := proc(pid)
 	if err != nil {
 		return Process{}, err
 	}
-	// pid (comm) state ppid ... utime stime ...; comm may hold spaces and
-	// parentheses, so it ends at the last ')'.
-	lp, rp := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if lp < 0 || rp < lp {
-		return Process{}, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	// After "pid (comm)": state(0) ppid(1) ... utime(11) stime(12).
-	f := strings.Fields(string(b[rp+1:]))
-	if len(f) < 13 {
-		return Process{}, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	ut, err2 := strconv.ParseInt(f[11], 10, 64)
-	st, err3 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return Process{}, fmt.Errorf("bad /proc/%d/stat", pid)
+	return readProcess(p)
+}
+
+// readProcess reads p's stat. procfs ends comm at the last ')', as comm may
+// hold spaces and parentheses.
+func readProcess(p procfs.Proc) (Process, error) {
+	st, err := p.Stat()
+	if err != nil {
+		return Process{}, fmt.Errorf("process %d: %w", p.PID, err)
 	}
 	return Process{
-		Pid: pid, Comm: string(b[lp+1 : rp]), State: f[0], PPid: ppid,
-		CPU: time.Duration(ut+st) * time.Second / userHZ,
+		Pid: p.PID, Comm: st.Comm, State: st.State, PPid: st.PPID,
+		CPU: time.Duration(st.UTime+st.STime) * time.Second / userHZ,
 	}, nil
 }
 
 // ChildProcesses returns the processes whose parent is ppid.
 func ChildProcesses(ppid int) ([]Process, error) {
-	entries, err := os.ReadDir("/proc")
+	fs, err := procFS()
+	if err != nil {
+		return nil, err
+	}
+	procs, err := fs.AllProcs()
 	if err != nil {
 		return nil, err
 	}
 	var children []Process
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if p, err := ReadProcess(pid); err == nil && p.PPid == ppid {
+	for _, pr := range procs {
+		if p, err := readProcess(pr); err == nil && p.PPid == ppid {
 			children = append(children, p)
 		}
 	}
@@ -86,7 +93,17 @@ func (p Process) namedLikePlugin() bool {
 
 // ProcessExe returns the path of the executable of process pid.
 func ProcessExe(pid int) (string, error) {
-	return os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	p, err := proc(pid)
+	if err != nil {
+		return "", err
+	}
+	exe, err := p.Executable()
+	if err == nil && exe == "" {
+		// procfs returns "" for a /proc/<pid>/exe that does not exist (a
+		// kernel thread, or a process that has just exited): an error here.
+		err = &os.PathError{Op: "readlink", Path: fmt.Sprintf("/proc/%d/exe", pid), Err: os.ErrNotExist}
+	}
+	return exe, err
 }
 
 // InDir reports whether the executable of the running process pid is in dir.
@@ -112,32 +129,33 @@ func ChildrenIn(parent int, dir string) []int {
 // ProcessRSS returns the resident set size of process pid (VmRSS in
 // /proc/<pid>/status).
 func ProcessRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := proc(pid)
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest) // "12345 kB"
-			if len(f) == 2 && f[1] == "kB" {
-				kb, err := strconv.ParseInt(f[0], 10, 64)
-				return kb * 1024, err
-			}
-		}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	// procfs leaves VmRSS at 0 when the line is missing (a kernel thread, a
+	// zombie); a process that runs has at least a page resident.
+	if st.VmRSS == 0 {
+		return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	}
+	return int64(st.VmRSS), nil
 }
 
 // LoadAverage returns the machine's load averages over 1, 5 and 15 minutes,
 // as /proc/loadavg writes them ("0.52 0.58 0.59").
 func LoadAverage() (string, error) {
-	b, err := os.ReadFile("/proc/loadavg")
+	fs, err := procFS()
 	if err != nil {
 		return "", err
 	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "", fmt.Errorf("bad /proc/loadavg: %q", b)
+	l, err := fs.LoadAvg()
+	if err != nil {
+		return "", fmt.Errorf("/proc/loadavg: %w", err)
 	}
-	return strings.Join(f[:3], " "), nil
+	// The kernel writes each with two decimals.
+	return fmt.Sprintf("%.2f %.2f %.2f", l.Load1, l.Load5, l.Load15), nil
 }
