@@ -2,24 +2,24 @@
 // integration's client credentials and, for each Ermeo account, the current
 // single-use refresh token, and serves leased access tokens from creds/<name>.
 //
-// Its files, in the order a creds read meets them:
+// One file per noun:
 //
-//	backend.go        Factory, the backend type, field checks before the framework, lifecycle, Invalidate
-//	path_token.go     creds/<name>: the access token and its lease
-//	accounts.go       the account store: entry, cache, unsaved overlay, schedule, one write
-//	rotation.go       the refresh protocol, each outcome classified and recorded in one place
-//	client.go         the Ermeo client, built once per cached config
-//	locks.go          every lock, and the one order in which they may be taken
-//	storage.go        every storage key, and the entries' load and save
-//	path_config.go    config: fields, credentials check, handlers, help
-//	path_accounts.go  accounts/, accounts/<name>, accounts/<name>/rotate
+//	backend.go        Factory, the backend, its lifecycle (initialize, clean, invalidate)
+//	config.go         the connection to Ermeo: entry, limits and defaults, load/save, one cache
+//	account.go        an account: entry, rules, load/save, the grant it records, its view
+//	store.go          the account store: cache, overlay, keep-alive schedule, storage keys
+//	rotation.go       the refresh protocol and its grants, each outcome applied in one place
+//	client.go         the Ermeo client, built once per config
 //	keepalive.go      the periodic function that rotates idle chains
-//	metrics.go        metrics (JSON and Prometheus) and events
-//	validate.go       the limits and checks of every field, in the operator's words
+//	locks.go          every lock, and the one order in which they may be taken
+//	fields.go         the checks of fields beyond their types, in the operator's words
+//	metrics.go        metrics and events
+//	path_*.go         one file per endpoint: config, accounts, creds, metrics
 package ermeosecrets
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -28,8 +28,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
 // Version is the plugin's version, reported to Vault. The Makefile sets it at
@@ -151,66 +149,6 @@ func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request
 	return b.Backend.HandleExistenceCheck(ctx, req)
 }
 
-// takesFields reports whether the framework converts a request's fields for op.
-func takesFields(op logical.Operation) bool {
-	switch op {
-	case logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation,
-		logical.ReadOperation, logical.DeleteOperation, logical.ListOperation:
-		return true
-	}
-	return false
-}
-
-// cachedConfig is the config as storage holds it (cfg is nil when there is
-// none), and the Ermeo client built from it once (or why it could not be).
-type cachedConfig struct {
-	cfg       *configEntry
-	client    *ermeo.Client
-	clientErr error
-	http      *http.Client // the backend's HTTP client the client was built on
-}
-
-// newCachedConfig builds cfg's client.
-func (b *backend) newCachedConfig(cfg *configEntry) *cachedConfig {
-	c := &cachedConfig{cfg: cfg, http: b.httpClient}
-	if cfg != nil {
-		c.client, c.clientErr = b.newClient(cfg)
-	}
-	return c
-}
-
-// loadConfigCached returns the config, from memory when it is there.
-func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*configEntry, error) {
-	if c := b.config.Load(); c != nil {
-		return c.cfg, nil
-	}
-	cfg, err := loadConfig(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	c := b.newCachedConfig(cfg)
-	if !b.config.CompareAndSwap(nil, c) {
-		// Another request cached it first: use that one, and its client.
-		if now := b.config.Load(); now != nil {
-			return now.cfg, nil
-		}
-	}
-	return cfg, nil
-}
-
-// cachedConfig is the config in memory, or nil if it is not loaded (or none).
-func (b *backend) cachedConfig() *configEntry {
-	if c := b.config.Load(); c != nil {
-		return c.cfg
-	}
-	return nil
-}
-
-// cacheConfig records what was just written to storage.
-func (b *backend) cacheConfig(cfg *configEntry) {
-	b.config.Store(b.newCachedConfig(cfg))
-}
-
 // invalidate drops what another node changed (performance standbys and
 // secondaries get the active node's writes this way).
 func (b *backend) invalidate(_ context.Context, key string) {
@@ -234,3 +172,41 @@ out its access token, so that a chain is never used twice and never lost.
 Read creds/<name> for an access token with at least the account's min_ttl of
 life left.
 `
+
+// initialize runs when the mount starts on a node that may write: it loads
+// the schedule in the background, and reports interrupted refreshes.
+func (b *backend) initialize(_ context.Context, req *logical.InitializationRequest) error {
+	// Registered before the goroutine starts, so that a clean that comes at
+	// once still finds the load and stops it.
+	load := b.store.beginLoad(context.Background())
+	if load == nil {
+		return nil
+	}
+	go func() {
+		if err := b.runScheduleLoad(load, req.Storage); err != nil && !errors.Is(err, context.Canceled) {
+			b.Logger().Error("could not load the keep-alive schedule; the next periodic tick tries again", "error", err)
+		}
+	}()
+	return nil
+}
+
+// clean stops what initialize started: a schedule load in progress is
+// cancelled and over when clean returns.
+func (b *backend) clean(context.Context) { b.store.stopLoad() }
+
+// loadSchedule loads the schedule, unless it is loaded or being loaded.
+func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
+	if load := b.store.beginLoad(ctx); load != nil {
+		return b.runScheduleLoad(load, s)
+	}
+	return nil
+}
+
+// runScheduleLoad reads config (whose defaults decide when accounts are due),
+// then every account.
+func (b *backend) runScheduleLoad(load *scheduleLoad, s logical.Storage) error {
+	return b.store.runLoad(load, s, func(ctx context.Context) error {
+		_, err := b.loadConfigCached(ctx, s)
+		return err
+	})
+}

@@ -1,13 +1,10 @@
 package ermeosecrets
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net/http"
-
-	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
@@ -88,34 +85,4 @@ func certPool(pemText string) (*x509.CertPool, error) {
 		return nil, errors.New("ca_certificate: no PEM certificate found: give the CA bundle that signed the Ermeo server's certificate, in PEM")
 	}
 	return pool, nil
-}
-
-// recordBodyFormat records in config the body format that the cached client,
-// in body_format=auto, found to work, so that later clients (after a restart,
-// or on another node) start from it. The periodic tick calls it before it
-// takes any account lock: the refresh path never writes config (locks.go).
-// Nothing is written when it is already recorded, or when config changed
-// meanwhile.
-func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
-	c := b.config.Load()
-	if c == nil || c.cfg == nil || c.client == nil {
-		return
-	}
-	cfg, detected := c.cfg, string(c.client.Detected())
-	if cfg.BodyFormat != string(ermeo.BodyAuto) || detected == "" || detected == cfg.BodyFormatDetected {
-		return
-	}
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	stored, err := loadConfig(ctx, s)
-	if err != nil || stored == nil || connectionChanged(stored, cfg) || stored.BodyFormatDetected == detected {
-		return
-	}
-	stored.BodyFormatDetected = detected
-	if err := saveConfig(ctx, s, stored); err != nil {
-		b.Logger().Warn("could not record the body format Ermeo reads; the next tick tries again", "body_format_detected", detected, "error", err)
-		return
-	}
-	b.cacheConfig(stored)
-	b.Logger().Info("recorded the body format Ermeo reads", "body_format_detected", detected)
 }

@@ -5,55 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
-
-// Limits on what an operator can write. Anything outside gets a 400 that names
-// the field and what is allowed.
-const (
-	maxFieldLen = 4096
-
-	minRequestTimeout     = time.Second
-	maxRequestTimeout     = 5 * time.Minute
-	defaultRequestTimeout = 30 * time.Second
-
-	// refreshTokenLifetime is how long Ermeo's refresh tokens live, counted
-	// from issue. Ermeo does not send it; the plugin tracks it.
-	refreshTokenLifetime = 14 * 24 * time.Hour
-
-	minMinTTL     = time.Second
-	maxMinTTL     = refreshTokenLifetime
-	defaultMinTTL = 10 * time.Minute
-
-	minRotationPeriod     = time.Minute
-	maxRotationPeriod     = 13 * 24 * time.Hour
-	defaultRotationPeriod = 7 * 24 * time.Hour
-)
-
-// accountNameRe is what an account name may be: it becomes part of a path.
-var accountNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
-
-// reservedAccountNames are words of the engine's own paths, which an account
-// must not be named after (accounts/rotate would read as a path, not a name).
-var reservedAccountNames = map[string]bool{"rotate": true}
-
-func validateAccountName(name string) error {
-	if reservedAccountNames[strings.ToLower(name)] {
-		return fmt.Errorf("name: %q is reserved for the engine's own paths: choose another name", name)
-	}
-	if !accountNameRe.MatchString(name) {
-		return fmt.Errorf("name: %q is not allowed: use 1 to 128 letters, digits, '-' or '_', starting with a letter or digit", truncate(name, 64))
-	}
-	return nil
-}
 
 // unknownFields lists the request's fields that the path does not declare.
 func unknownFields(d *framework.FieldData) error {
@@ -80,54 +41,6 @@ func unknownFields(d *framework.FieldData) error {
 // the value ("unconvertible type '[]interface {}', value: '[S]'"), and Vault
 // writes them into the response, the audit log and the server log. A field
 // whose schema is marked Sensitive is named, never quoted.
-
-// checkFieldTypes checks that every field of data that schema declares has a
-// value of the declared type, and returns a 400's message naming the first
-// field that does not (in name order), or "".
-func checkFieldTypes(schema map[string]*framework.FieldSchema, data map[string]any) string {
-	names := make([]string, 0, len(data))
-	for k := range data {
-		if _, ok := schema[k]; ok {
-			names = append(names, k)
-		}
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		if msg := checkFieldType(k, schema[k], data[k]); msg != "" {
-			return msg
-		}
-	}
-	return ""
-}
-
-// checkFieldType checks one field's value against its schema.
-func checkFieldType(name string, s *framework.FieldSchema, v any) string {
-	if isSensitive(s) {
-		// A secret is a JSON string and nothing else: no list, no object,
-		// no number that a conversion could quote or round.
-		if _, ok := v.(string); !ok {
-			return fmt.Sprintf("%s: must be a string (got %s; its value is not shown)", name, kindOf(v))
-		}
-		return ""
-	}
-	fd := &framework.FieldData{Raw: map[string]any{name: v}, Schema: map[string]*framework.FieldSchema{name: s}}
-	_, _, err := fd.GetOkErr(name)
-	if err == nil {
-		return ""
-	}
-	switch s.Type {
-	case framework.TypeBool:
-		return fmt.Sprintf("%s: must be true or false (got %s)", name, describe(v))
-	case framework.TypeDurationSecond:
-		return durationTypeError(name, v)
-	case framework.TypeString, framework.TypeLowerCaseString, framework.TypeNameString:
-		return fmt.Sprintf("%s: must be a string (got %s)", name, describe(v))
-	case framework.TypeInt, framework.TypeInt64:
-		return fmt.Sprintf("%s: must be a whole number (got %s)", name, describe(v))
-	default:
-		return fmt.Sprintf("%s: has the wrong type (got %s)", name, describe(v))
-	}
-}
 
 func isSensitive(s *framework.FieldSchema) bool {
 	return s.DisplayAttrs != nil && s.DisplayAttrs.Sensitive
@@ -202,18 +115,6 @@ func durationTypeError(name string, v any) string {
 	default:
 		return fmt.Sprintf("%s: not a duration (got %s): %s", name, describe(v), allowed)
 	}
-}
-
-// durationLimit is the range allowed for a duration field.
-type durationLimit struct{ min, max time.Duration }
-
-// durationLimits are the ranges of every duration field, by name.
-var durationLimits = map[string]durationLimit{
-	"request_timeout":         {minRequestTimeout, maxRequestTimeout},
-	"default_min_ttl":         {minMinTTL, maxMinTTL},
-	"min_ttl":                 {minMinTTL, maxMinTTL},
-	"default_rotation_period": {minRotationPeriod, maxRotationPeriod},
-	"rotation_period":         {minRotationPeriod, maxRotationPeriod},
 }
 
 // humanDuration writes d in the largest whole units a person reads:
@@ -383,4 +284,81 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// checkFieldTypes checks that every field of data that schema declares has a
+// value of the declared type, and returns a 400's message naming the first
+// field that does not (in name order), or "".
+func checkFieldTypes(schema map[string]*framework.FieldSchema, data map[string]any) string {
+	names := make([]string, 0, len(data))
+	for k := range data {
+		if _, ok := schema[k]; ok {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if msg := checkFieldType(k, schema[k], data[k]); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// checkFieldType checks one field's value against its schema.
+func checkFieldType(name string, s *framework.FieldSchema, v any) string {
+	if isSensitive(s) {
+		// A secret is a JSON string and nothing else: no list, no object,
+		// no number that a conversion could quote or round.
+		if _, ok := v.(string); !ok {
+			return fmt.Sprintf("%s: must be a string (got %s; its value is not shown)", name, kindOf(v))
+		}
+		return ""
+	}
+	fd := &framework.FieldData{Raw: map[string]any{name: v}, Schema: map[string]*framework.FieldSchema{name: s}}
+	_, _, err := fd.GetOkErr(name)
+	if err == nil {
+		return ""
+	}
+	switch s.Type {
+	case framework.TypeBool:
+		return fmt.Sprintf("%s: must be true or false (got %s)", name, describe(v))
+	case framework.TypeDurationSecond:
+		return durationTypeError(name, v)
+	case framework.TypeString, framework.TypeLowerCaseString, framework.TypeNameString:
+		return fmt.Sprintf("%s: must be a string (got %s)", name, describe(v))
+	case framework.TypeInt, framework.TypeInt64:
+		return fmt.Sprintf("%s: must be a whole number (got %s)", name, describe(v))
+	default:
+		return fmt.Sprintf("%s: has the wrong type (got %s)", name, describe(v))
+	}
+}
+
+// takesFields reports whether the framework converts a request's fields for op.
+func takesFields(op logical.Operation) bool {
+	switch op {
+	case logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation,
+		logical.ReadOperation, logical.DeleteOperation, logical.ListOperation:
+		return true
+	}
+	return false
+}
+
+// caCertificateField returns the ca_certificate field, checked to be PEM;
+// an empty value means the system's CAs.
+func caCertificateField(d *framework.FieldData) (string, bool, error) {
+	raw, ok := d.GetOk("ca_certificate")
+	if !ok {
+		return "", false, nil
+	}
+	v := strings.TrimSpace(raw.(string))
+	if len(v) > 256*1024 {
+		return "", true, errors.New("ca_certificate: too long (at most 256 KiB)")
+	}
+	if v != "" {
+		if _, err := certPool(v); err != nil {
+			return "", true, err
+		}
+	}
+	return v, true, nil
 }

@@ -2,7 +2,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"errors"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -21,44 +20,6 @@ import (
 
 // maxRotationsPerTick bounds one tick's work; the rest stays due for the next.
 const maxRotationsPerTick = 100
-
-// initialize runs when the mount starts on a node that may write: it loads
-// the schedule in the background, and reports interrupted refreshes.
-func (b *backend) initialize(_ context.Context, req *logical.InitializationRequest) error {
-	// Registered before the goroutine starts, so that a clean that comes at
-	// once still finds the load and stops it.
-	load := b.store.beginLoad(context.Background())
-	if load == nil {
-		return nil
-	}
-	go func() {
-		if err := b.runScheduleLoad(load, req.Storage); err != nil && !errors.Is(err, context.Canceled) {
-			b.Logger().Error("could not load the keep-alive schedule; the next periodic tick tries again", "error", err)
-		}
-	}()
-	return nil
-}
-
-// clean stops what initialize started: a schedule load in progress is
-// cancelled and over when clean returns.
-func (b *backend) clean(context.Context) { b.store.stopLoad() }
-
-// loadSchedule loads the schedule, unless it is loaded or being loaded.
-func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
-	if load := b.store.beginLoad(ctx); load != nil {
-		return b.runScheduleLoad(load, s)
-	}
-	return nil
-}
-
-// runScheduleLoad reads config (whose defaults decide when accounts are due),
-// then every account.
-func (b *backend) runScheduleLoad(load *scheduleLoad, s logical.Storage) error {
-	return b.store.runLoad(load, s, func(ctx context.Context) error {
-		_, err := b.loadConfigCached(ctx, s)
-		return err
-	})
-}
 
 // periodic is Vault's periodic function: it rotates the chains that are due.
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {

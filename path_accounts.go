@@ -344,25 +344,6 @@ func (r *accountRequest) keepPassword(old *accountEntry) bool {
 	}
 }
 
-// minTTLError is the 400's message for an account whose min_ttl (its own, or
-// config's default) is at or above its access tokens' lifetime, which would
-// make every read refresh; "" when it is below, or the lifetime is unknown.
-func minTTLError(a *accountEntry, cfg *configEntry, lifetime time.Duration) string {
-	if lifetime <= 0 {
-		return ""
-	}
-	minTTL := effectiveMinTTL(a, cfg)
-	if minTTL < lifetime {
-		return ""
-	}
-	field := "min_ttl"
-	if a.MinTTL == 0 {
-		field = "default_min_ttl (in config)"
-	}
-	return fmt.Sprintf("%s: %s is at or above the account's access token lifetime (%s, from Ermeo's expires_in): every read would refresh the chain; give less than %s",
-		field, humanDuration(minTTL), humanDuration(lifetime), humanDuration(lifetime))
-}
-
 func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
 	// Read the request (the name is checked by withAccountName).
 	r, err := parseAccountRequest(d)
@@ -520,43 +501,6 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 		return errorResponse(err)
 	}
 	return &logical.Response{Data: accountView(name, next, cfg)}, nil
-}
-
-// accountView is what a read of an account shows: status, never a secret.
-func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any {
-	refreshExpires := time.Time{}
-	if !a.RefreshTokenIssuedAt.IsZero() && a.RefreshToken != "" {
-		refreshExpires = a.RefreshTokenIssuedAt.Add(refreshTokenLifetime)
-	}
-	return map[string]any{
-		"name":                     name,
-		"username":                 a.Username,
-		"state":                    a.State,
-		"password_stored":          a.PasswordKept,
-		"refresh_token_set":        a.RefreshToken != "",
-		"generation":               int64(a.Generation),
-		"access_token_expires_at":  formatTime(a.AccessTokenExpiresAt),
-		"refresh_token_issued_at":  formatTime(a.RefreshTokenIssuedAt),
-		"refresh_token_expires_at": formatTime(refreshExpires),
-		"last_rotation":            formatTime(a.LastRotation),
-		"last_error":               a.LastError,
-		"rotation_in_flight":       a.RotationIntent != nil,
-		"chain_lost_at":            formatTime(a.ChainLostAt),
-		"chain_lost_how":           a.ChainLostHow,
-		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
-		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
-		"lease":                    effectiveLease(a, cfg),
-		"ermeo_user_id":            a.ErmeoUserID,
-		"ermeo_email":              a.ErmeoEmail,
-		"checked_at":               formatTime(a.CheckedAt),
-	}
-}
-
-func formatTime(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339)
 }
 
 const pathAccountsListHelpSyn = `List the Ermeo accounts of this engine.`

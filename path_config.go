@@ -236,47 +236,6 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	return resp, nil
 }
 
-// connectionChanged reports whether the fields that decide how Ermeo is
-// reached, and as whom, differ between a and b.
-func connectionChanged(a, b *configEntry) bool {
-	return a.APIURL != b.APIURL || a.ClientID != b.ClientID || a.ClientSecret != b.ClientSecret ||
-		a.BodyFormat != b.BodyFormat || a.CACertificate != b.CACertificate
-}
-
-// credentialsCheckToken is the refresh token of the credentials check: one
-// that cannot exist at Ermeo (its tokens are letters and digits only).
-const credentialsCheckToken = "vault-plugin-secrets-ermeo-credentials-check"
-
-// checkCredentials asks Ermeo whether it accepts c's client credentials: a
-// refresh grant with a refresh token that cannot exist. The server checks the
-// client before the grant, so invalid_client means bad credentials and
-// invalid_grant means good ones; nothing is spent either way.
-// With body_format auto, it also finds the body format Ermeo reads, and
-// returns it.
-func (b *backend) checkCredentials(ctx context.Context, c *configEntry) (ermeo.BodyFormat, error) {
-	client, err := b.client(c)
-	if err != nil {
-		return "", &statusError{code: http.StatusBadRequest, msg: err.Error()}
-	}
-	cctx, cancel := upstreamContext(ctx, c)
-	defer cancel()
-	_, err = client.RefreshGrant(cctx, credentialsCheckToken)
-	var rejected *ermeo.RejectedError
-	const skip = " (set verify_connection=false to write config without this check)"
-	switch {
-	case err == nil:
-		return "", badGateway("Ermeo answered the credentials check with a token for a refresh token that cannot exist: check api_url" + skip)
-	case errors.As(err, &rejected) && rejected.ChainGone():
-		return client.Detected(), nil
-	case errors.As(err, &rejected) && (rejected.Code == "invalid_client" || rejected.Code == "unauthorized_client"):
-		return "", &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret: Ermeo refused the client credentials: " + rejected.Message() + skip}
-	case errors.As(err, &rejected):
-		return "", &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the credentials check: " + rejected.Message() + skip}
-	default:
-		return "", badGateway("Ermeo did not answer the credentials check at %s: %s%s", c.APIURL, ermeo.Message(err), skip)
-	}
-}
-
 // defaultMinTTLError is the 400's message for a default_min_ttl at or above
 // the token lifetime of an account that uses it; "" when there is none.
 func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *configEntry) (string, error) {
@@ -402,25 +361,6 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	resp := &logical.Response{}
 	resp.AddWarning(fmt.Sprintf("config deleted: the %d account(s) of this mount keep their chains but cannot refresh them until config is written again; an idle chain dies 2 weeks after its last rotation", len(names)))
 	return resp, nil
-}
-
-// caCertificateField returns the ca_certificate field, checked to be PEM;
-// an empty value means the system's CAs.
-func caCertificateField(d *framework.FieldData) (string, bool, error) {
-	raw, ok := d.GetOk("ca_certificate")
-	if !ok {
-		return "", false, nil
-	}
-	v := strings.TrimSpace(raw.(string))
-	if len(v) > 256*1024 {
-		return "", true, errors.New("ca_certificate: too long (at most 256 KiB)")
-	}
-	if v != "" {
-		if _, err := certPool(v); err != nil {
-			return "", true, err
-		}
-	}
-	return v, true, nil
 }
 
 const operationPrefix = "ermeo"

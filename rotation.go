@@ -100,27 +100,6 @@ func upstreamContext(ctx context.Context, cfg *configEntry) (context.Context, co
 	return context.WithTimeout(context.WithoutCancel(ctx), timeout)
 }
 
-// startChain records a new link of the chain from a grant's answer onto a.
-// Both tokens' lives are counted from sentAt, when the grant's request was
-// sent: Ermeo's clock started when it issued them, which is at the earliest
-// then, and an answer can take up to request_timeout to arrive. Counting from
-// the answer would overstate their life by that much.
-func (b *backend) startChain(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
-	a.AccessToken = tok.AccessToken
-	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
-	a.AccessTokenLifetime = tok.ExpiresIn
-	if tok.RefreshToken != "" {
-		a.RefreshToken = tok.RefreshToken
-		a.RefreshTokenIssuedAt = sentAt
-	}
-	a.Generation++
-	a.LastRotation = b.now()
-	a.LastError = ""
-	a.State = stateActive
-	a.RotationIntent = nil
-	a.NextAttemptAt, a.Failures, a.RejectedByConfig = time.Time{}, 0, 0
-}
-
 // rotation is one run of the refresh protocol for one account.
 type rotation struct {
 	storage logical.Storage
@@ -592,4 +571,38 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 	b.emit(ctx, eventRotated, r.mount, r.name, "generation", fmt.Sprint(next.Generation), "password_grant", "true")
 	b.Logger().Info("started a new refresh chain with a password grant", "account", r.name, "generation", next.Generation)
 	return next, nil
+}
+
+// credentialsCheckToken is the refresh token of the credentials check: one
+// that cannot exist at Ermeo (its tokens are letters and digits only).
+const credentialsCheckToken = "vault-plugin-secrets-ermeo-credentials-check"
+
+// checkCredentials asks Ermeo whether it accepts c's client credentials: a
+// refresh grant with a refresh token that cannot exist. The server checks the
+// client before the grant, so invalid_client means bad credentials and
+// invalid_grant means good ones; nothing is spent either way.
+// With body_format auto, it also finds the body format Ermeo reads, and
+// returns it.
+func (b *backend) checkCredentials(ctx context.Context, c *configEntry) (ermeo.BodyFormat, error) {
+	client, err := b.client(c)
+	if err != nil {
+		return "", &statusError{code: http.StatusBadRequest, msg: err.Error()}
+	}
+	cctx, cancel := upstreamContext(ctx, c)
+	defer cancel()
+	_, err = client.RefreshGrant(cctx, credentialsCheckToken)
+	var rejected *ermeo.RejectedError
+	const skip = " (set verify_connection=false to write config without this check)"
+	switch {
+	case err == nil:
+		return "", badGateway("Ermeo answered the credentials check with a token for a refresh token that cannot exist: check api_url" + skip)
+	case errors.As(err, &rejected) && rejected.ChainGone():
+		return client.Detected(), nil
+	case errors.As(err, &rejected) && (rejected.Code == "invalid_client" || rejected.Code == "unauthorized_client"):
+		return "", &statusError{code: http.StatusBadRequest, msg: "client_id, client_secret: Ermeo refused the client credentials: " + rejected.Message() + skip}
+	case errors.As(err, &rejected):
+		return "", &statusError{code: http.StatusBadRequest, msg: "Ermeo refused the credentials check: " + rejected.Message() + skip}
+	default:
+		return "", badGateway("Ermeo did not answer the credentials check at %s: %s%s", c.APIURL, ermeo.Message(err), skip)
+	}
 }

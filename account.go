@@ -1,0 +1,314 @@
+package ermeosecrets
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// An Ermeo account: the entry that holds its refresh chain, the rules that
+// follow from it (lease, min_ttl, rotation period, when it is due), its
+// load and save, the grant that starts a new link of its chain, and the view
+// an operator reads.
+
+// Account states.
+const (
+	stateActive      = "active"
+	stateNeedsReauth = "needs_reauth"
+)
+
+// rotationIntent records, before a refresh token is sent to Ermeo, that it is
+// about to be spent. Found later (after a crash or an unanswered request), it
+// means the stored refresh token may no longer work.
+type rotationIntent struct {
+	Generation uint64    `json:"generation"`
+	StartedAt  time.Time `json:"started_at"`
+	Attempts   int       `json:"attempts"`
+}
+
+// accountEntry is one Ermeo account and the current link of its refresh chain.
+type accountEntry struct {
+	Username             string    `json:"username"`
+	PasswordKept         bool      `json:"password_kept"`
+	RefreshToken         string    `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
+	AccessToken          string    `json:"access_token"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
+	// AccessTokenLifetime is the expires_in of the grant that issued the
+	// access token (0 in entries written before it was recorded).
+	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
+	Generation          uint64        `json:"generation"`
+	LastRotation        time.Time     `json:"last_rotation"`
+	LastError           string        `json:"last_error,omitempty"`
+	State               string        `json:"state"`
+	MinTTL              time.Duration `json:"min_ttl,omitempty"`
+	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
+	// Lease is the account's lease mode when it sets one (lease=true or
+	// false); nil means config's default_lease. NoLease is how entries
+	// written before config had a default recorded lease=false.
+	Lease   *bool `json:"lease,omitempty"`
+	NoLease bool  `json:"no_lease,omitempty"`
+	// Whose Ermeo account this is, from GET /api/v1/profile when written.
+	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
+	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
+	CheckedAt      time.Time       `json:"checked_at,omitempty"`
+	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
+	// NextAttemptAt is set when a refresh failed at Ermeo (no answer, or a
+	// rejected client): refreshes wait until then (backoff, or the server's
+	// Retry-After), unless an operator forces one. Failures counts the
+	// failed refreshes since the last grant, which the backoff doubles with.
+	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
+	Failures      int       `json:"failures,omitempty"`
+	// RejectedByConfig is the config revision whose client Ermeo rejected:
+	// a config written since (a new revision) lifts the backoff.
+	RejectedByConfig uint64 `json:"rejected_by_config,omitempty"`
+	// ChainLostAt and ChainLostHow record the account's last chain found
+	// gone (how: lost_in_flight or refused), kept across new chains, so that
+	// the loss is seen in the account's status and the metrics even after a
+	// reload of the plugin, which restarts its counters.
+	ChainLostAt  time.Time `json:"chain_lost_at,omitempty"`
+	ChainLostHow string    `json:"chain_lost_how,omitempty"`
+}
+
+// clone returns a copy that shares nothing with a.
+func (a *accountEntry) clone() *accountEntry {
+	c := *a
+	if a.RotationIntent != nil {
+		intent := *a.RotationIntent
+		c.RotationIntent = &intent
+	}
+	if a.Lease != nil {
+		lease := *a.Lease
+		c.Lease = &lease
+	}
+	return &c
+}
+
+// effectiveLease says whether creds/<name> answers with a lease: the
+// account's own lease setting, or config's default_lease (on by default).
+func effectiveLease(a *accountEntry, cfg *configEntry) bool {
+	switch {
+	case a.Lease != nil:
+		return *a.Lease
+	case a.NoLease:
+		return false
+	default:
+		return cfg == nil || !cfg.DefaultNoLease
+	}
+}
+
+// tokenLifetime is the lifetime of the account's access token, from the
+// expires_in of the grant that issued it (0 when unknown).
+func (a *accountEntry) tokenLifetime() time.Duration {
+	switch {
+	case a.AccessTokenLifetime > 0:
+		return a.AccessTokenLifetime
+	case a.AccessToken != "" && a.AccessTokenExpiresAt.After(a.LastRotation) && !a.LastRotation.IsZero():
+		// Entries written before the lifetime was recorded.
+		return a.AccessTokenExpiresAt.Sub(a.LastRotation)
+	default:
+		return 0
+	}
+}
+
+// effectiveMinTTL is the least life a token handed out has left: the
+// account's own min_ttl, or config's default, or the engine's.
+func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.MinTTL > 0:
+		return a.MinTTL
+	case cfg != nil && cfg.DefaultMinTTL > 0:
+		return cfg.DefaultMinTTL
+	default:
+		return defaultMinTTL
+	}
+}
+
+// effectiveRotationPeriod is how old an idle chain's refresh token may get
+// before the keep-alive rotates it.
+func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
+	switch {
+	case a.RotationPeriod > 0:
+		return a.RotationPeriod
+	case cfg != nil && cfg.DefaultRotationPeriod > 0:
+		return cfg.DefaultRotationPeriod
+	default:
+		return defaultRotationPeriod
+	}
+}
+
+// backoffLifted reports whether config changed since Ermeo rejected the
+// account's refresh: the operator may have fixed the client, so the next
+// refresh need not wait.
+func (a *accountEntry) backoffLifted(cfg *configEntry) bool {
+	return a.RejectedByConfig != 0 && cfg != nil && cfg.Revision != a.RejectedByConfig
+}
+
+// dueAt is when the periodic function should next look at an account, and
+// whether it should at all. It depends on the entry alone (and config's
+// defaults), which is why every put reschedules.
+func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
+	switch {
+	case a.State == stateNeedsReauth:
+		// Only an operator (or a kept password, tried when the chain was
+		// found gone) can restart it; retrying a refused password on a
+		// timer could lock the user out.
+		return time.Time{}, false
+	case !a.NextAttemptAt.IsZero() && !a.backoffLifted(cfg):
+		return a.NextAttemptAt, true
+	case a.RotationIntent != nil, a.RefreshToken == "", a.RefreshTokenIssuedAt.IsZero():
+		// An interrupted refresh, or a chain to start: resolve it soon.
+		return now, true
+	default:
+		return a.RefreshTokenIssuedAt.Add(effectiveRotationPeriod(a, cfg)), true
+	}
+}
+
+// minTTLError is the 400's message for an account whose min_ttl (its own, or
+// config's default) is at or above its access tokens' lifetime, which would
+// make every read refresh; "" when it is below, or the lifetime is unknown.
+func minTTLError(a *accountEntry, cfg *configEntry, lifetime time.Duration) string {
+	if lifetime <= 0 {
+		return ""
+	}
+	minTTL := effectiveMinTTL(a, cfg)
+	if minTTL < lifetime {
+		return ""
+	}
+	field := "min_ttl"
+	if a.MinTTL == 0 {
+		field = "default_min_ttl (in config)"
+	}
+	return fmt.Sprintf("%s: %s is at or above the account's access token lifetime (%s, from Ermeo's expires_in): every read would refresh the chain; give less than %s",
+		field, humanDuration(minTTL), humanDuration(lifetime), humanDuration(lifetime))
+}
+
+// accountNameRe is what an account name may be: it becomes part of a path.
+var accountNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
+
+// reservedAccountNames are words of the engine's own paths, which an account
+// must not be named after (accounts/rotate would read as a path, not a name).
+var reservedAccountNames = map[string]bool{"rotate": true}
+
+func validateAccountName(name string) error {
+	if reservedAccountNames[strings.ToLower(name)] {
+		return fmt.Errorf("name: %q is reserved for the engine's own paths: choose another name", name)
+	}
+	if !accountNameRe.MatchString(name) {
+		return fmt.Errorf("name: %q is not allowed: use 1 to 128 letters, digits, '-' or '_', starting with a letter or digit", truncate(name, 64))
+	}
+	return nil
+}
+
+// startChain records a new link of the chain from a grant's answer onto a.
+// Both tokens' lives are counted from sentAt, when the grant's request was
+// sent: Ermeo's clock started when it issued them, which is at the earliest
+// then, and an answer can take up to request_timeout to arrive. Counting from
+// the answer would overstate their life by that much.
+func (b *backend) startChain(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
+	a.AccessToken = tok.AccessToken
+	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
+	a.AccessTokenLifetime = tok.ExpiresIn
+	if tok.RefreshToken != "" {
+		a.RefreshToken = tok.RefreshToken
+		a.RefreshTokenIssuedAt = sentAt
+	}
+	a.Generation++
+	a.LastRotation = b.now()
+	a.LastError = ""
+	a.State = stateActive
+	a.RotationIntent = nil
+	a.NextAttemptAt, a.Failures, a.RejectedByConfig = time.Time{}, 0, 0
+}
+
+// accountView is what a read of an account shows: status, never a secret.
+func accountView(name string, a *accountEntry, cfg *configEntry) map[string]any {
+	refreshExpires := time.Time{}
+	if !a.RefreshTokenIssuedAt.IsZero() && a.RefreshToken != "" {
+		refreshExpires = a.RefreshTokenIssuedAt.Add(refreshTokenLifetime)
+	}
+	return map[string]any{
+		"name":                     name,
+		"username":                 a.Username,
+		"state":                    a.State,
+		"password_stored":          a.PasswordKept,
+		"refresh_token_set":        a.RefreshToken != "",
+		"generation":               int64(a.Generation),
+		"access_token_expires_at":  formatTime(a.AccessTokenExpiresAt),
+		"refresh_token_issued_at":  formatTime(a.RefreshTokenIssuedAt),
+		"refresh_token_expires_at": formatTime(refreshExpires),
+		"last_rotation":            formatTime(a.LastRotation),
+		"last_error":               a.LastError,
+		"rotation_in_flight":       a.RotationIntent != nil,
+		"chain_lost_at":            formatTime(a.ChainLostAt),
+		"chain_lost_how":           a.ChainLostHow,
+		"min_ttl":                  int64(effectiveMinTTL(a, cfg).Seconds()),
+		"rotation_period":          int64(effectiveRotationPeriod(a, cfg).Seconds()),
+		"lease":                    effectiveLease(a, cfg),
+		"ermeo_user_id":            a.ErmeoUserID,
+		"ermeo_email":              a.ErmeoEmail,
+		"checked_at":               formatTime(a.CheckedAt),
+	}
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// passwordEntry is an account's password, kept only when the operator opted in.
+type passwordEntry struct {
+	Password string `json:"password"`
+}
+
+func accountKey(name string) string { return accountPrefix + name }
+
+func passwordKey(name string) string { return passwordPrefix + name }
+
+func loadAccount(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
+	var a accountEntry
+	ok, err := getJSON(ctx, s, accountKey(name), &a)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &a, nil
+}
+
+func saveAccount(ctx context.Context, s logical.Storage, name string, a *accountEntry) error {
+	return putJSON(ctx, s, accountKey(name), a)
+}
+
+func deleteAccount(ctx context.Context, s logical.Storage, name string) error {
+	if err := s.Delete(ctx, passwordKey(name)); err != nil {
+		return err
+	}
+	return s.Delete(ctx, accountKey(name))
+}
+
+func listAccounts(ctx context.Context, s logical.Storage) ([]string, error) {
+	return s.List(ctx, accountPrefix)
+}
+
+func loadPassword(ctx context.Context, s logical.Storage, name string) (string, error) {
+	var p passwordEntry
+	ok, err := getJSON(ctx, s, passwordKey(name), &p)
+	if err != nil || !ok {
+		return "", err
+	}
+	return p.Password, nil
+}
+
+func savePassword(ctx context.Context, s logical.Storage, name, password string) error {
+	return putJSON(ctx, s, passwordKey(name), &passwordEntry{Password: password})
+}
+
+func deletePassword(ctx context.Context, s logical.Storage, name string) error {
+	return s.Delete(ctx, passwordKey(name))
+}

@@ -1,0 +1,185 @@
+package ermeosecrets
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// The mount's connection to Ermeo: the entry, its limits and defaults, its
+// load and save, and its one cache (with the Ermeo client built from it).
+
+// configEntry is the mount's connection to Ermeo.
+type configEntry struct {
+	APIURL       string `json:"api_url"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	BodyFormat   string `json:"body_format"`
+	// BodyFormatDetected is, with body_format auto, the format Ermeo was
+	// found to read (json or form), or "" before the first answer.
+	BodyFormatDetected string        `json:"body_format_detected,omitempty"`
+	RequestTimeout     time.Duration `json:"request_timeout"`
+	CACertificate      string        `json:"ca_certificate,omitempty"`
+	// SkipAccountCheck turns off the GET /api/v1/profile check of a new
+	// account (verify_accounts=false).
+	SkipAccountCheck bool `json:"skip_account_check,omitempty"`
+	// SkipConnectionCheck turns off the check of the client credentials
+	// when config is written (verify_connection=false).
+	SkipConnectionCheck bool `json:"skip_connection_check,omitempty"`
+	// CredentialsCheckedAt is when Ermeo last accepted the client
+	// credentials; zero when they were not checked.
+	CredentialsCheckedAt time.Time     `json:"credentials_checked_at,omitempty"`
+	DefaultMinTTL        time.Duration `json:"default_min_ttl"`
+	// DefaultNoLease: accounts that set no lease mode answer creds without
+	// a lease (default_lease=false).
+	DefaultNoLease        bool          `json:"default_no_lease,omitempty"`
+	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
+	// Revision counts the changes of how Ermeo is reached and as whom
+	// (connectionChanged), from 1: an account whose refresh Ermeo rejected
+	// under one revision stops backing off under the next.
+	Revision uint64 `json:"revision"`
+}
+
+func loadConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
+	var c configEntry
+	ok, err := getJSON(ctx, s, configKey, &c)
+	if err != nil || !ok {
+		return nil, err
+	}
+	if c.Revision == 0 {
+		c.Revision = 1 // written before revisions were counted
+	}
+	return &c, nil
+}
+
+func saveConfig(ctx context.Context, s logical.Storage, c *configEntry) error {
+	return putJSON(ctx, s, configKey, c)
+}
+
+func deleteConfig(ctx context.Context, s logical.Storage) error {
+	return s.Delete(ctx, configKey)
+}
+
+// Limits on what an operator can write. Anything outside gets a 400 that names
+// the field and what is allowed.
+const (
+	maxFieldLen = 4096
+
+	minRequestTimeout     = time.Second
+	maxRequestTimeout     = 5 * time.Minute
+	defaultRequestTimeout = 30 * time.Second
+
+	// refreshTokenLifetime is how long Ermeo's refresh tokens live, counted
+	// from issue. Ermeo does not send it; the plugin tracks it.
+	refreshTokenLifetime = 14 * 24 * time.Hour
+
+	minMinTTL     = time.Second
+	maxMinTTL     = refreshTokenLifetime
+	defaultMinTTL = 10 * time.Minute
+
+	minRotationPeriod     = time.Minute
+	maxRotationPeriod     = 13 * 24 * time.Hour
+	defaultRotationPeriod = 7 * 24 * time.Hour
+)
+
+// durationLimit is the range allowed for a duration field.
+type durationLimit struct{ min, max time.Duration }
+
+// durationLimits are the ranges of every duration field, by name.
+var durationLimits = map[string]durationLimit{
+	"request_timeout":         {minRequestTimeout, maxRequestTimeout},
+	"default_min_ttl":         {minMinTTL, maxMinTTL},
+	"min_ttl":                 {minMinTTL, maxMinTTL},
+	"default_rotation_period": {minRotationPeriod, maxRotationPeriod},
+	"rotation_period":         {minRotationPeriod, maxRotationPeriod},
+}
+
+// cachedConfig is the config as storage holds it (cfg is nil when there is
+// none), and the Ermeo client built from it once (or why it could not be).
+type cachedConfig struct {
+	cfg       *configEntry
+	client    *ermeo.Client
+	clientErr error
+	http      *http.Client // the backend's HTTP client the client was built on
+}
+
+// newCachedConfig builds cfg's client.
+func (b *backend) newCachedConfig(cfg *configEntry) *cachedConfig {
+	c := &cachedConfig{cfg: cfg, http: b.httpClient}
+	if cfg != nil {
+		c.client, c.clientErr = b.newClient(cfg)
+	}
+	return c
+}
+
+// loadConfigCached returns the config, from memory when it is there.
+func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*configEntry, error) {
+	if c := b.config.Load(); c != nil {
+		return c.cfg, nil
+	}
+	cfg, err := loadConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	c := b.newCachedConfig(cfg)
+	if !b.config.CompareAndSwap(nil, c) {
+		// Another request cached it first: use that one, and its client.
+		if now := b.config.Load(); now != nil {
+			return now.cfg, nil
+		}
+	}
+	return cfg, nil
+}
+
+// cachedConfig is the config in memory, or nil if it is not loaded (or none).
+func (b *backend) cachedConfig() *configEntry {
+	if c := b.config.Load(); c != nil {
+		return c.cfg
+	}
+	return nil
+}
+
+// cacheConfig records what was just written to storage.
+func (b *backend) cacheConfig(cfg *configEntry) {
+	b.config.Store(b.newCachedConfig(cfg))
+}
+
+// connectionChanged reports whether the fields that decide how Ermeo is
+// reached, and as whom, differ between a and b.
+func connectionChanged(a, b *configEntry) bool {
+	return a.APIURL != b.APIURL || a.ClientID != b.ClientID || a.ClientSecret != b.ClientSecret ||
+		a.BodyFormat != b.BodyFormat || a.CACertificate != b.CACertificate
+}
+
+// recordBodyFormat records in config the body format that the cached client,
+// in body_format=auto, found to work, so that later clients (after a restart,
+// or on another node) start from it. The periodic tick calls it before it
+// takes any account lock: the refresh path never writes config (locks.go).
+// Nothing is written when it is already recorded, or when config changed
+// meanwhile.
+func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
+	c := b.config.Load()
+	if c == nil || c.cfg == nil || c.client == nil {
+		return
+	}
+	cfg, detected := c.cfg, string(c.client.Detected())
+	if cfg.BodyFormat != string(ermeo.BodyAuto) || detected == "" || detected == cfg.BodyFormatDetected {
+		return
+	}
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	stored, err := loadConfig(ctx, s)
+	if err != nil || stored == nil || connectionChanged(stored, cfg) || stored.BodyFormatDetected == detected {
+		return
+	}
+	stored.BodyFormatDetected = detected
+	if err := saveConfig(ctx, s, stored); err != nil {
+		b.Logger().Warn("could not record the body format Ermeo reads; the next tick tries again", "body_format_detected", detected, "error", err)
+		return
+	}
+	b.cacheConfig(stored)
+	b.Logger().Info("recorded the body format Ermeo reads", "body_format_detected", detected)
+}
