@@ -205,12 +205,12 @@ func validateAccountName(name string) error {
 	return nil
 }
 
-// startChain records a new link of the chain from a grant's answer onto a.
+// applyGrant records a new link of the chain from a grant's answer onto a.
 // Both tokens' lives are counted from sentAt, when the grant's request was
 // sent: Ermeo's clock started when it issued them, which is at the earliest
 // then, and an answer can take up to request_timeout to arrive. Counting from
 // the answer would overstate their life by that much.
-func (b *backend) startChain(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
+func (b *backend) applyGrant(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
 	a.AccessToken = tok.AccessToken
 	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
 	a.AccessTokenLifetime = tok.ExpiresIn

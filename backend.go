@@ -83,7 +83,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 		httpClient: httpClient,
 		metrics:    newMetrics(),
 	}
-	b.store = newAccountStore(now, b.cachedConfig, func() hclog.Logger { return b.Logger() })
+	b.store = newAccountStore(now, b.peekConfig, func() hclog.Logger { return b.Logger() })
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -206,7 +206,7 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 // then every account.
 func (b *backend) runScheduleLoad(load *scheduleLoad, s logical.Storage) error {
 	return b.store.runLoad(load, s, func(ctx context.Context) error {
-		_, err := b.loadConfigCached(ctx, s)
+		_, err := b.getConfig(ctx, s)
 		return err
 	})
 }

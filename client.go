@@ -11,7 +11,7 @@ import (
 
 // The Ermeo client, built in one place: once per cached config (see
 // cachedConfig in backend.go), so that it is rebuilt when config changes here
-// (cacheConfig) or on another node (Invalidate), as the GitHub plugin's
+// (setConfig) or on another node (Invalidate), as the GitHub plugin's
 // Client() is.
 
 // client returns the Ermeo client for cfg: the cached one when cfg is the

@@ -115,8 +115,8 @@ func (b *backend) newCachedConfig(cfg *configEntry) *cachedConfig {
 	return c
 }
 
-// loadConfigCached returns the config, from memory when it is there.
-func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*configEntry, error) {
+// getConfig returns the config, from memory when it is there.
+func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
 	if c := b.config.Load(); c != nil {
 		return c.cfg, nil
 	}
@@ -135,15 +135,15 @@ func (b *backend) loadConfigCached(ctx context.Context, s logical.Storage) (*con
 }
 
 // cachedConfig is the config in memory, or nil if it is not loaded (or none).
-func (b *backend) cachedConfig() *configEntry {
+func (b *backend) peekConfig() *configEntry {
 	if c := b.config.Load(); c != nil {
 		return c.cfg
 	}
 	return nil
 }
 
-// cacheConfig records what was just written to storage.
-func (b *backend) cacheConfig(cfg *configEntry) {
+// setConfig records what was just written to storage.
+func (b *backend) setConfig(cfg *configEntry) {
 	b.config.Store(b.newCachedConfig(cfg))
 }
 
@@ -180,6 +180,6 @@ func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
 		b.Logger().Warn("could not record the body format Ermeo reads; the next tick tries again", "body_format_detected", detected, "error", err)
 		return
 	}
-	b.cacheConfig(stored)
+	b.setConfig(stored)
 	b.Logger().Info("recorded the body format Ermeo reads", "body_format_detected", detected)
 }

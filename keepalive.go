@@ -31,7 +31,7 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	if err := b.loadSchedule(ctx, req.Storage); err != nil {
 		return err
 	}
-	cfg, err := b.loadConfigCached(ctx, req.Storage)
+	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil || cfg == nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *conf
 		b.store.schedule(name, a)
 		return
 	}
-	if _, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name}, a); err != nil {
+	if _, err := b.rotateLocked(ctx, accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name}, a); err != nil {
 		b.Logger().Warn("keep-alive rotation failed", "account", name, "error", err)
 		return
 	}

@@ -166,7 +166,7 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	now := b.now()
-	cfg := b.cachedConfig()
+	cfg := b.peekConfig()
 	byState := map[string]int{}
 	b.store.each(func(name string, a *accountEntry) {
 		byState[a.State]++

@@ -213,7 +213,7 @@ func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *
 	if err != nil || a == nil {
 		return nil, err
 	}
-	cfg, err := b.loadConfigCached(ctx, req.Storage)
+	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +350,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := b.loadConfigCached(ctx, req.Storage)
+	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -376,13 +376,13 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 
 	// Act: nothing stored changes until a new chain is in hand.
 	ctx = context.WithoutCancel(ctx)
-	rot := rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}
+	rot := accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}
 	a := r.settings(old)
 	keep := r.keepPassword(old)
 	var next *accountEntry
 	switch {
 	case r.hasPassword:
-		next, err = b.startChainWithPasswordLocked(ctx, rot, a, r.password, keep)
+		next, err = b.startChainLocked(ctx, rot, a, r.password, keep)
 	case r.hasRefreshToken:
 		a.PasswordKept = keep
 		next, err = b.adoptLocked(ctx, rot, a, r.refreshToken)
@@ -423,7 +423,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 // checkAccountLocked checks a new chain with Ermeo's profile route and, when
 // that passes, stores whose account it is; a failed check is a warning.
 // Called with the account's lock held, after the chain is stored.
-func (b *backend) checkAccountLocked(ctx context.Context, r rotation, a *accountEntry) []string {
+func (b *backend) checkAccountLocked(ctx context.Context, r accountOp, a *accountEntry) []string {
 	if r.cfg.SkipAccountCheck {
 		return nil
 	}
@@ -474,7 +474,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	if err := unknownFields(d); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	cfg, err := b.loadConfigCached(ctx, req.Storage)
+	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -496,7 +496,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 	if a == nil {
 		return errorResponse(&statusError{code: http.StatusNotFound, msg: fmt.Sprintf("account %q not found: create it with vault write %saccounts/%s username=... password=-", name, req.MountPoint, name)})
 	}
-	next, err := b.rotateLocked(ctx, rotation{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
+	next, err := b.rotateLocked(ctx, accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
 	if err != nil {
 		return errorResponse(err)
 	}

@@ -134,12 +134,12 @@ var configResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
-	c, err := b.loadConfigCached(ctx, req.Storage)
+	c, err := b.getConfig(ctx, req.Storage)
 	return c != nil, err
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	c, err := b.loadConfigCached(ctx, req.Storage)
+	c, err := b.getConfig(ctx, req.Storage)
 	if err != nil || c == nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := saveConfig(ctx, req.Storage, c); err != nil {
 		return nil, err
 	}
-	b.cacheConfig(c)
+	b.setConfig(c)
 	b.store.reschedule()
 
 	// Respond.
@@ -354,7 +354,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	if err := deleteConfig(ctx, req.Storage); err != nil {
 		return nil, err
 	}
-	b.cacheConfig(nil)
+	b.setConfig(nil)
 	if len(names) == 0 {
 		return nil, nil
 	}

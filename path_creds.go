@@ -268,7 +268,7 @@ func leaseTTL(remaining, minTTL time.Duration) time.Duration {
 // reader that finds such a token never takes the lock. When a refresh fails,
 // a still valid access token is served with a warning.
 func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, name string) (*accountEntry, *configEntry, []string, error) {
-	cfg, err := b.loadConfigCached(ctx, s)
+	cfg, err := b.getConfig(ctx, s)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -305,7 +305,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return b.serveStale(a, cfg, &statusError{code: http.StatusBadRequest,
 			msg: fmt.Sprintf("config: not written, so the token cannot be refreshed: run vault write %sconfig client_id=... client_secret=-", mount)})
 	}
-	next, err := b.rotateLocked(ctx, rotation{storage: s, cfg: cfg, mount: mount, name: name}, a)
+	next, err := b.rotateLocked(ctx, accountOp{storage: s, cfg: cfg, mount: mount, name: name}, a)
 	if err != nil {
 		if next == nil {
 			next = a
@@ -351,7 +351,7 @@ func (b *backend) stateWarnings(a *accountEntry, mount, name string) []string {
 	}
 	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
 	return []string{fmt.Sprintf("this access token is valid for %s more and will not be replaced: %s", left,
-		(&errNeedsReauth{mount: mount, name: name, reason: a.LastError}).Error())}
+		(&needsReauthError{mount: mount, name: name, reason: a.LastError}).Error())}
 }
 
 // hasLife reports whether a's access token has at least min of life left.

@@ -32,16 +32,16 @@ import (
 //     spent; keep the intent record, keep serving the current access token,
 //     and let the next refresh find out.
 
-// errNeedsReauth is the error of an account whose chain is gone. It is a
+// needsReauthError is the error of an account whose chain is gone. It is a
 // 400 (what to run is the operator's to do), except in the request that
 // found Ermeo refusing the chain and recorded it, a 502: that request's
 // failure came from Ermeo, and it changed what is stored.
-type errNeedsReauth struct {
+type needsReauthError struct {
 	mount, name, reason string
 	foundNow            bool
 }
 
-func (e *errNeedsReauth) Error() string {
+func (e *needsReauthError) Error() string {
 	return fmt.Sprintf("account %q needs re-authentication: %s. Run: vault write %saccounts/%s password=- (and type the account's Ermeo password on standard input, so that it stays out of your shell history)",
 		e.name, e.reason, e.mount, e.name)
 }
@@ -65,7 +65,7 @@ func badGateway(format string, args ...any) error {
 // body, without the "1 error occurred" wrapping Vault gives coded errors), or
 // the error itself (a 500, or logical.ErrReadOnly, which Vault forwards).
 func errorResponse(err error) (*logical.Response, error) {
-	var reauth *errNeedsReauth
+	var reauth *needsReauthError
 	var se *statusError
 	switch {
 	case errors.As(err, &reauth) && reauth.foundNow:
@@ -100,8 +100,8 @@ func upstreamContext(ctx context.Context, cfg *configEntry) (context.Context, co
 	return context.WithTimeout(context.WithoutCancel(ctx), timeout)
 }
 
-// rotation is one run of the refresh protocol for one account.
-type rotation struct {
+// accountOp is one run of the refresh protocol for one account.
+type accountOp struct {
 	storage logical.Storage
 	cfg     *configEntry
 	mount   string // for the commands named in errors, e.g. "ermeo/"
@@ -166,7 +166,7 @@ func backoffFor(attempts int, retryAfter time.Duration) time.Duration {
 // freshly read a; returns the account's new state. On error, the returned
 // entry (if not nil) is the account's state after the attempt, whose access
 // token may still be served while it lasts.
-func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry) (*accountEntry, error) {
+func (b *backend) rotateLocked(ctx context.Context, r accountOp, a *accountEntry) (*accountEntry, error) {
 	if !b.WriteSafeReplicationState() {
 		// A performance standby or secondary: let Vault forward the request
 		// to the node that may write, before anything is sent to Ermeo.
@@ -182,7 +182,7 @@ func (b *backend) rotateLocked(ctx context.Context, r rotation, a *accountEntry)
 		return a, err
 	}
 	if a.State == stateNeedsReauth && !a.PasswordKept {
-		return a, &errNeedsReauth{mount: r.mount, name: r.name, reason: a.LastError}
+		return a, &needsReauthError{mount: r.mount, name: r.name, reason: a.LastError}
 	}
 	if !r.force && b.now().Before(a.NextAttemptAt) && !a.backoffLifted(r.cfg) {
 		return a, badGateway("%s", (&errBackoff{until: a.NextAttemptAt, last: a.LastError}).Error())
@@ -272,11 +272,11 @@ func classifyRefresh(err error, attempts int) outcome {
 // the event and the log line, and returns the state and the caller's error.
 // next is the account as the attempt left it. Called with the account's lock
 // held.
-func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEntry, o outcome) (*accountEntry, error) {
+func (b *backend) recordLocked(ctx context.Context, r accountOp, next *accountEntry, o outcome) (*accountEntry, error) {
 	name, log := r.name, b.Logger()
 	switch o.kind {
 	case outcomeRotated, outcomeRecovered:
-		b.startChain(next, o.tok, o.sentAt)
+		b.applyGrant(next, o.tok, o.sentAt)
 		if err := b.store.put(ctx, r.storage, name, next, keepUnsaved); err != nil {
 			return next, err
 		}
@@ -372,7 +372,7 @@ func (b *backend) recordLocked(ctx context.Context, r rotation, next *accountEnt
 		if err := b.store.put(ctx, r.storage, name, next, failWrite); err != nil {
 			return next, err
 		}
-		return next, &errNeedsReauth{mount: r.mount, name: name, reason: o.reason, foundNow: true}
+		return next, &needsReauthError{mount: r.mount, name: name, reason: o.reason, foundNow: true}
 	}
 }
 
@@ -395,7 +395,7 @@ func spentElsewhere(a *accountEntry, rejected string, now time.Time, mount strin
 // rebootstrapLocked starts a new chain with the kept password, if the
 // operator allowed one to be kept; otherwise it marks the account
 // needs_reauth. Called with the account's lock held.
-func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *ermeo.Client, a *accountEntry, reason string) (*accountEntry, error) {
+func (b *backend) rebootstrapLocked(ctx context.Context, r accountOp, client *ermeo.Client, a *accountEntry, reason string) (*accountEntry, error) {
 	password := ""
 	if a.PasswordKept {
 		var err error
@@ -421,7 +421,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, r rotation, client *erm
 // passwordGrant runs Ermeo's password grant, detached from the caller and
 // bounded by request_timeout, and counts its outcome. It returns when the
 // request was sent, from which the new tokens' lives are counted.
-func (b *backend) passwordGrant(ctx context.Context, r rotation, client *ermeo.Client, username, password string) (*ermeo.Token, time.Time, error) {
+func (b *backend) passwordGrant(ctx context.Context, r accountOp, client *ermeo.Client, username, password string) (*ermeo.Token, time.Time, error) {
 	pctx, cancel := upstreamContext(ctx, r.cfg)
 	defer cancel()
 	sentAt := b.now()
@@ -433,7 +433,7 @@ func (b *backend) passwordGrant(ctx context.Context, r rotation, client *ermeo.C
 // refreshGrant spends a refresh token, detached from the caller and bounded
 // by request_timeout. It returns when the request was sent, from which the
 // new tokens' lives are counted, and how long the call took.
-func (b *backend) refreshGrant(ctx context.Context, r rotation, client *ermeo.Client, refreshToken string) (*ermeo.Token, time.Time, time.Duration, error) {
+func (b *backend) refreshGrant(ctx context.Context, r accountOp, client *ermeo.Client, refreshToken string) (*ermeo.Token, time.Time, time.Duration, error) {
 	rctx, cancel := upstreamContext(ctx, r.cfg)
 	defer cancel()
 	sentAt, sent := b.now(), time.Now()
@@ -472,7 +472,7 @@ func grantError(field string, err error) error {
 // as they were. The given token is not the stored one, so no intent record is
 // needed: if the answer is lost, only the token given is lost, and the error
 // says so. Called with the account's lock held.
-func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, refreshToken string) (*accountEntry, error) {
+func (b *backend) adoptLocked(ctx context.Context, r accountOp, a *accountEntry, refreshToken string) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	client, err := b.writerClient(r)
 	if err != nil {
@@ -492,7 +492,7 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 		// RFC 6749 section 6: the token given stays current.
 		tok.RefreshToken = refreshToken
 	}
-	b.startChain(next, tok, sentAt)
+	b.applyGrant(next, tok, sentAt)
 	if err := b.store.put(ctx, r.storage, r.name, next, keepUnsaved); err != nil {
 		return nil, err
 	}
@@ -504,7 +504,7 @@ func (b *backend) adoptLocked(ctx context.Context, r rotation, a *accountEntry, 
 // storageRefused counts a refresh that storage stopped before anything was
 // sent, and notes it where the account's status shows it: storage, which
 // refused the write, cannot record it.
-func (b *backend) storageRefused(r rotation, err error) error {
+func (b *backend) storageRefused(r accountOp, err error) error {
 	b.metrics.refreshes.WithLabelValues(outcomeStorageRefused).Inc()
 	b.store.noteFailure(r.name, err.Error())
 	b.Logger().Error("storage refused a refresh's write", "account", r.name, "error", err)
@@ -514,7 +514,7 @@ func (b *backend) storageRefused(r rotation, err error) error {
 // writerClient returns the Ermeo client for a grant that writes the
 // account: only on a node that may write, so that a performance standby or
 // secondary lets Vault forward the request before anything reaches Ermeo.
-func (b *backend) writerClient(r rotation) (*ermeo.Client, error) {
+func (b *backend) writerClient(r accountOp) (*ermeo.Client, error) {
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
 	}
@@ -535,14 +535,14 @@ func (k outcomeKind) metricLabel() string {
 	}
 }
 
-// startChainWithPasswordLocked starts a new chain for the account a (as the
+// startChainLocked starts a new chain for the account a (as the
 // write wants it) with a password grant, and stores it; with keep, the
 // password is kept (seal-wrapped) for re-bootstraps. Nothing stored changes
 // when the grant fails, or when the lifetime Ermeo gives the tokens makes the
 // account's min_ttl impossible, or when storage refuses the new chain (a
 // password grant revokes nothing, so the unused pair is no loss). Called with
 // the account's lock held.
-func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, a *accountEntry, password string, keep bool) (*accountEntry, error) {
+func (b *backend) startChainLocked(ctx context.Context, r accountOp, a *accountEntry, password string, keep bool) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	client, err := b.writerClient(r)
 	if err != nil {
@@ -553,7 +553,7 @@ func (b *backend) startChainWithPasswordLocked(ctx context.Context, r rotation, 
 		return nil, grantError("password", err)
 	}
 	next := a.clone()
-	b.startChain(next, tok, sentAt)
+	b.applyGrant(next, tok, sentAt)
 	next.PasswordKept = keep
 	if msg := minTTLError(next, r.cfg, tok.ExpiresIn); msg != "" {
 		return nil, &statusError{code: http.StatusBadRequest, msg: msg}

@@ -360,10 +360,10 @@ func TestRejectedClientLeavesTheChainUnspent(t *testing.T) {
 
 func TestRefreshResponseWithoutRefreshTokenKeepsTheOld(t *testing.T) {
 	// RFC 6749 section 6: the old refresh token stays current. Exercised with
-	// startChain directly, since the fake always sends one.
+	// applyGrant directly, since the fake always sends one.
 	e := newTestEnv(t, fakeermeo.Options{})
 	a := &accountEntry{RefreshToken: "old", RefreshTokenIssuedAt: e.clock.Now().Add(-time.Hour), Generation: 4}
-	e.b.startChain(a, &ermeo.Token{AccessToken: "new-access", ExpiresIn: time.Hour}, e.clock.Now())
+	e.b.applyGrant(a, &ermeo.Token{AccessToken: "new-access", ExpiresIn: time.Hour}, e.clock.Now())
 	if a.RefreshToken != "old" || !a.RefreshTokenIssuedAt.Equal(e.clock.Now().Add(-time.Hour)) || a.Generation != 5 || a.AccessToken != "new-access" {
 		t.Errorf("%+v", a)
 	}
