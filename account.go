@@ -210,7 +210,7 @@ func validateAccountName(name string) error {
 // sent: Ermeo's clock started when it issued them, which is at the earliest
 // then, and an answer can take up to request_timeout to arrive. Counting from
 // the answer would overstate their life by that much.
-func (b *backend) applyGrant(a *accountEntry, tok *ermeo.Token, sentAt time.Time) {
+func applyGrant(a *accountEntry, tok *ermeo.Token, sentAt, now time.Time) {
 	a.AccessToken = tok.AccessToken
 	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
 	a.AccessTokenLifetime = tok.ExpiresIn
@@ -219,7 +219,7 @@ func (b *backend) applyGrant(a *accountEntry, tok *ermeo.Token, sentAt time.Time
 		a.RefreshTokenIssuedAt = sentAt
 	}
 	a.Generation++
-	a.LastRotation = b.now()
+	a.LastRotation = now
 	a.LastError = ""
 	a.State = stateActive
 	a.RotationIntent = nil

@@ -114,8 +114,8 @@ func TestAStorageFailureDuringARefreshIsCountedAndShown(t *testing.T) {
 		t.Fatal("a refresh was sent without its intent record")
 	}
 	families, _ := readPrometheus(t, e)
-	if n := sampleValue(t, families[metricRefreshes], outcomeStorageRefused); n != 3 {
-		t.Errorf("ermeo_refreshes_total{outcome=%q} = %v, want 3", outcomeStorageRefused, n)
+	if n := sampleValue(t, families[metricRefreshes], "storage_refused"); n != 3 {
+		t.Errorf("ermeo_refreshes_total{outcome=\"storage_refused\"} = %v, want 3", n)
 	}
 	view := e.must(logical.ReadOperation, "accounts/app", nil).Data
 	if msg := view["last_error"].(string); !strings.Contains(msg, "could not record the rotation") || view["state"] != stateActive {

@@ -26,10 +26,6 @@ const (
 	eventChainLost      = "ermeo/chain-lost"
 )
 
-// outcomeStorageRefused is the outcome, in ermeo_refreshes_total, of a
-// refresh that storage stopped before anything was sent to Ermeo.
-const outcomeStorageRefused = "storage_refused"
-
 // refreshBuckets are the upper bounds, in seconds, of the refresh latency histogram.
 var refreshBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
@@ -100,11 +96,11 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.refreshes, m.passwordGrants, m.chainsLost, m.chainsRecovered, m.refreshDuration, m.accounts)
 	// Every series exists from the start, at zero, so that a rate or an
 	// alert on it has data before the first event.
-	for _, o := range []string{"success", "rejected", "chain_gone", "unknown", outcomeStorageRefused} {
-		m.refreshes.WithLabelValues(o)
-	}
-	for _, o := range []string{"success", "rejected", "unknown"} {
-		m.passwordGrants.WithLabelValues(o)
+	for _, rule := range outcomes {
+		m.refreshes.WithLabelValues(rule.refreshes)
+		if rule.passwords != "" {
+			m.passwordGrants.WithLabelValues(rule.passwords)
+		}
 	}
 	for _, h := range []string{"lost_in_flight", "refused"} {
 		m.chainsLost.WithLabelValues(h)

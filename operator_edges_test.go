@@ -538,7 +538,7 @@ func TestMetricsSeriesStartAtZeroAndPasswordGrantsAreCounted(t *testing.T) {
 
 // Also: needs_reauth says to give the password on standard input.
 func TestNeedsReauthSuggestsThePasswordOnStdin(t *testing.T) {
-	err := (&needsReauthError{mount: "ermeo/", name: "app", reason: "gone"}).Error()
+	err := needsReauth("ermeo/", "app", "gone")
 	if !strings.Contains(err, "vault write ermeo/accounts/app password=-") || strings.Contains(err, "password=<") {
 		t.Errorf("%s", err)
 	}

@@ -351,7 +351,7 @@ func (b *backend) stateWarnings(a *accountEntry, mount, name string) []string {
 	}
 	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
 	return []string{fmt.Sprintf("this access token is valid for %s more and will not be replaced: %s", left,
-		(&needsReauthError{mount: mount, name: name, reason: a.LastError}).Error())}
+		needsReauth(mount, name, a.LastError))}
 }
 
 // hasLife reports whether a's access token has at least min of life left.

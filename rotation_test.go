@@ -363,7 +363,7 @@ func TestRefreshResponseWithoutRefreshTokenKeepsTheOld(t *testing.T) {
 	// applyGrant directly, since the fake always sends one.
 	e := newTestEnv(t, fakeermeo.Options{})
 	a := &accountEntry{RefreshToken: "old", RefreshTokenIssuedAt: e.clock.Now().Add(-time.Hour), Generation: 4}
-	e.b.applyGrant(a, &ermeo.Token{AccessToken: "new-access", ExpiresIn: time.Hour}, e.clock.Now())
+	applyGrant(a, &ermeo.Token{AccessToken: "new-access", ExpiresIn: time.Hour}, e.clock.Now(), e.clock.Now())
 	if a.RefreshToken != "old" || !a.RefreshTokenIssuedAt.Equal(e.clock.Now().Add(-time.Hour)) || a.Generation != 5 || a.AccessToken != "new-access" {
 		t.Errorf("%+v", a)
 	}

@@ -15,40 +15,6 @@ import (
 	"unicode"
 )
 
-// Outcome says what an error means for the grant that was asked for.
-type Outcome int
-
-const (
-	OutcomeSuccess  Outcome = iota // err == nil
-	OutcomeRejected                // the server answered with an OAuth error: nothing was granted
-	OutcomeUnknown                 // no usable answer: the grant may or may not have happened (a refresh token may be spent)
-)
-
-func (o Outcome) String() string {
-	switch o {
-	case OutcomeSuccess:
-		return "success"
-	case OutcomeRejected:
-		return "rejected"
-	case OutcomeUnknown:
-		return "unknown"
-	}
-	return fmt.Sprintf("Outcome(%d)", int(o))
-}
-
-// OutcomeOf classifies an error returned by the Client: nil is a success, a
-// *RejectedError (anywhere in the chain) a rejection, anything else unknown.
-func OutcomeOf(err error) Outcome {
-	if err == nil {
-		return OutcomeSuccess
-	}
-	var re *RejectedError
-	if errors.As(err, &re) {
-		return OutcomeRejected
-	}
-	return OutcomeUnknown
-}
-
 // RejectedError is an OAuth error answer: a 4xx (other than 429) whose body is
 // a JSON object with an "error" string. Nothing was granted.
 type RejectedError struct {
