@@ -12,7 +12,8 @@
 //	client.go         the Ermeo client, built once per config
 //	keepalive.go      the periodic function that rotates idle chains
 //	locks.go          every lock, and the one order in which they may be taken
-//	fields.go         the checks of fields beyond their types, in the operator's words
+//	fields.go         what fields allow beyond their types (the framework's), in the operator's words
+//	humanize.go       durations and cut strings, as a person reads them
 //	metrics.go        metrics and events
 //	path_*.go         one file per endpoint: config, accounts, creds, metrics
 package ermeosecrets
@@ -106,47 +107,42 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 	return b
 }
 
-// HandleRequest checks the type of every field the request carries before the
-// framework converts it (see checkFieldTypes): the framework's own conversion
-// error quotes the value, and Vault puts that error into the response, the
-// audit log and the server log, which must never see a secret.
+// HandleRequest answers a secret sent as another JSON type than a string with
+// a 400 that names it and not its value (wrongSecrets), before the framework
+// converts the fields: its own conversion error would quote the value, and
+// Vault writes that error into the response, the audit log and the server log.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
 	// Most requests (creds reads) carry no field: they are not routed twice.
 	if len(req.Data) > 0 && takesFields(req.Operation) {
 		if route := b.Route(req.Path); route != nil {
-			if msg := checkFieldTypes(route.Fields, req.Data); msg != "" {
-				return logical.ErrorResponse(msg), nil
+			if _, err := wrongSecrets(route.Fields, req.Data); err != nil {
+				return logical.ErrorResponse(err.Error()), nil
 			}
 		}
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }
 
-// HandleExistenceCheck runs before HandleRequest on every write (Vault asks
-// whether the write creates or updates) and converts the same fields: a field
-// of the wrong type is left out of it, so that its error is HandleRequest's
-// 400 and not Vault's "failed to run existence check", logged with the value.
-func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
-	if route := b.Route(req.Path); route != nil && len(req.Data) > 0 {
-		var clean map[string]any
-		for k, v := range req.Data {
-			if s, ok := route.Fields[k]; ok && checkFieldType(k, s, v) != "" {
-				if clean == nil {
-					clean = make(map[string]any, len(req.Data))
-					for k2, v2 := range req.Data {
-						clean[k2] = v2
-					}
-				}
-				delete(clean, k)
-			}
-		}
-		if clean != nil {
-			r := *req
-			r.Data = clean
-			req = &r
-		}
+// takesFields reports whether the framework converts a request's fields for op.
+func takesFields(op logical.Operation) bool {
+	switch op {
+	case logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation,
+		logical.ReadOperation, logical.DeleteOperation, logical.ListOperation:
+		return true
 	}
-	return b.Backend.HandleExistenceCheck(ctx, req)
+	return false
+}
+
+// HandleExistenceCheck runs before HandleRequest on every write (Vault asks
+// whether the write creates or updates), and the framework converts the
+// request's fields for it too. The engine's existence checks read nothing but
+// the path, so they are given no field: a field of the wrong type is then
+// HandleRequest's 400, never Vault's "failed to run existence check", which
+// Vault logs with the value.
+func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	r := *req
+	r.Data = nil
+	return b.Backend.HandleExistenceCheck(ctx, &r)
 }
 
 // invalidate drops what another node changed (performance standbys and

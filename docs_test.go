@@ -507,23 +507,16 @@ func checkExample(key string, dp docPath, op logical.Operation, ex apiExample) [
 			problems = append(problems, fmt.Sprintf("apiExamples[%q] sends %q, which has no value in exampleValues", key, f))
 			continue
 		}
-		if msg := checkFieldType(f, s, v); msg != "" {
-			problems = append(problems, fmt.Sprintf("exampleValues[%q]: %s", f, msg))
+		// The framework's conversion, then the engine's own checks.
+		d := &framework.FieldData{Raw: map[string]any{f: v}, Schema: dp.path.Fields}
+		r := &fieldReader{d: d, err: d.Validate()}
+		if r.err == nil && s.Type == framework.TypeDurationSecond {
+			r.duration(f, new(time.Duration))
+		} else if r.err == nil && s.Type == framework.TypeString {
+			r.str(f, new(string))
 		}
-		if lim, ok := durationLimits[f]; ok {
-			d := &framework.FieldData{Raw: map[string]any{f: v}, Schema: dp.path.Fields}
-			if _, _, err := durationField(d, f, lim); err != nil {
-				problems = append(problems, fmt.Sprintf("exampleValues[%q]: %v", f, err))
-			}
-		}
-		if len(s.AllowedValues) > 0 {
-			allowed := false
-			for _, a := range s.AllowedValues {
-				allowed = allowed || fmt.Sprint(a) == v
-			}
-			if !allowed {
-				problems = append(problems, fmt.Sprintf("exampleValues[%q]: %q is not one of %v", f, v, s.AllowedValues))
-			}
+		if r.err != nil {
+			problems = append(problems, fmt.Sprintf("exampleValues[%q]: %v", f, r.err))
 		}
 	}
 	if secrets > 1 {

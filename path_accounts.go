@@ -2,10 +2,8 @@ package ermeosecrets
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -56,15 +54,8 @@ func pathAccounts(b *backend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{"name": accountNameField},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback: withAccountName(b.pathAccountRotate),
-					// Writes go to the node that may write, before anything is
-					// sent to Ermeo (as the openldap engine declares).
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					Summary:                     "Rotate the account's refresh chain now.",
-					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
-				},
+				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountRotate), "Rotate the account's refresh chain now.",
+					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
 			},
 			HelpSynopsis:    pathAccountRotateHelpSyn,
 			HelpDescription: pathAccountRotateHelpDesc,
@@ -118,33 +109,12 @@ func pathAccounts(b *backend) []*framework.Path {
 					Summary:   "Read the account's status (never a secret).",
 					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
 				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback: withAccountName(b.pathAccountWrite),
-					// Writes go to the node that may write, before anything is
-					// sent to Ermeo (as the openldap engine declares).
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					Summary:                     "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
-					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback: withAccountName(b.pathAccountWrite),
-					// Writes go to the node that may write, before anything is
-					// sent to Ermeo (as the openldap engine declares).
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					Summary:                     "Change the account's settings, or restart its chain with a new password.",
-					Responses:                   map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback: withAccountName(b.pathAccountDelete),
-					// Writes go to the node that may write, before anything is
-					// sent to Ermeo (as the openldap engine declares).
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					Summary:                     "Forget the account, its refresh chain and any kept password.",
-					Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
-				},
+				logical.CreateOperation: forwardedWrite(withAccountName(b.pathAccountWrite), "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
+					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
+				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountWrite), "Change the account's settings, or restart its chain with a new password.",
+					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
+				logical.DeleteOperation: forwardedWrite(withAccountName(b.pathAccountDelete), "Forget the account, its refresh chain and any kept password.",
+					map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
 			},
 			HelpSynopsis:    pathAccountHelpSyn,
 			HelpDescription: pathAccountHelpDesc,
@@ -236,54 +206,27 @@ type accountRequest struct {
 	trimmed []string
 }
 
+// parseAccountRequest reads a write's fields; the first that fails is the 400.
 func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
-	if err := unknownFields(d); err != nil {
-		return nil, err
+	r, f := &accountRequest{}, &fieldReader{d: d, err: unknownFields(d)}
+	r.hasUsername = f.str("username", &r.username)
+	r.hasPassword = f.str("password", &r.password)
+	r.hasRefreshToken = f.str("refresh_token", &r.refreshToken)
+	r.hasMinTTL = f.duration("min_ttl", &r.minTTL)
+	r.hasRotationPeriod = f.duration("rotation_period", &r.rotationPeriod)
+	if v, ok := d.GetOk("store_password"); ok {
+		r.storePassword, r.hasStorePassword = v.(bool), true
 	}
-	r := &accountRequest{}
-	var err error
-	var trimmed bool
-	credentials := []struct {
-		name  string
-		value *string
-		set   *bool
-	}{
-		{"username", &r.username, &r.hasUsername},
-		{"password", &r.password, &r.hasPassword},
-		{"refresh_token", &r.refreshToken, &r.hasRefreshToken},
+	if v, ok := d.GetOk("lease"); ok {
+		r.lease, r.hasLease = v.(bool), true
 	}
-	for _, c := range credentials {
-		if *c.value, *c.set, trimmed, err = credentialField(d, c.name); err != nil {
-			return nil, err
-		}
-		if trimmed {
-			r.trimmed = append(r.trimmed, c.name)
-		}
-	}
-	r.username = strings.TrimSpace(r.username)
-	r.refreshToken = strings.TrimSpace(r.refreshToken)
 	switch {
-	case r.hasUsername && r.username == "":
-		return nil, errors.New("username: must not be empty")
-	case r.hasPassword && r.password == "":
-		return nil, errors.New("password: must not be empty")
-	case r.hasRefreshToken && r.refreshToken == "":
-		return nil, errors.New("refresh_token: must not be empty")
+	case f.err != nil:
+		return nil, f.err
 	case r.hasPassword && r.hasRefreshToken:
-		return nil, errors.New("password, refresh_token: give one or the other, not both")
+		return nil, fieldError("password, refresh_token", "give one or the other, not both")
 	}
-	if r.storePassword, r.hasStorePassword, err = boolField(d, "store_password"); err != nil {
-		return nil, err
-	}
-	if r.lease, r.hasLease, err = boolField(d, "lease"); err != nil {
-		return nil, err
-	}
-	if r.minTTL, r.hasMinTTL, err = durationField(d, "min_ttl", durationLimits["min_ttl"]); err != nil {
-		return nil, err
-	}
-	if r.rotationPeriod, r.hasRotationPeriod, err = durationField(d, "rotation_period", durationLimits["rotation_period"]); err != nil {
-		return nil, err
-	}
+	r.trimmed = f.trimmed
 	return r, nil
 }
 

@@ -2,7 +2,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -84,37 +83,28 @@ func pathConfig(b *backend) []*framework.Path {
 				Summary:   "Read the Ermeo connection settings (never the client secret).",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: configResponseFields}}},
 			},
-			logical.CreateOperation: &framework.PathOperation{
-				Callback: b.pathConfigWrite,
-				// Writes go to the node that may write, before anything is
-				// sent to Ermeo (as the openldap engine declares).
-				ForwardPerformanceStandby:   true,
-				ForwardPerformanceSecondary: true,
-				Summary:                     "Configure the Ermeo connection.",
-				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
-			},
-			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathConfigWrite,
-				// Writes go to the node that may write, before anything is
-				// sent to Ermeo (as the openldap engine declares).
-				ForwardPerformanceStandby:   true,
-				ForwardPerformanceSecondary: true,
-				Summary:                     "Change the Ermeo connection; fields left out keep their value.",
-				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
-			},
-			logical.DeleteOperation: &framework.PathOperation{
-				Callback: b.pathConfigDelete,
-				// Writes go to the node that may write, before anything is
-				// sent to Ermeo (as the openldap engine declares).
-				ForwardPerformanceStandby:   true,
-				ForwardPerformanceSecondary: true,
-				Summary:                     "Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.",
-				Responses:                   map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}},
-			},
+			logical.CreateOperation: forwardedWrite(b.pathConfigWrite, "Configure the Ermeo connection.",
+				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
+			logical.UpdateOperation: forwardedWrite(b.pathConfigWrite, "Change the Ermeo connection; fields left out keep their value.",
+				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
+			logical.DeleteOperation: forwardedWrite(b.pathConfigDelete, "Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.",
+				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
 		},
 		HelpSynopsis:    pathConfigHelpSyn,
 		HelpDescription: pathConfigHelpDesc,
 	}}
+}
+
+// forwardedWrite is an operation that writes: it goes to the node that may
+// write, before anything is sent to Ermeo (as the openldap engine declares).
+func forwardedWrite(cb framework.OperationFunc, summary string, responses map[int][]framework.Response) *framework.PathOperation {
+	return &framework.PathOperation{
+		Callback:                    cb,
+		ForwardPerformanceStandby:   true,
+		ForwardPerformanceSecondary: true,
+		Summary:                     summary,
+		Responses:                   responses,
+	}
 }
 
 var configResponseFields = map[string]*framework.FieldSchema{
@@ -261,87 +251,24 @@ func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *
 // parseConfigFields copies the fields present in the request onto c, and
 // returns the credential fields whose trailing line ending it removed.
 func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error) {
-	if err := unknownFields(d); err != nil {
-		return nil, err
+	f := &fieldReader{d: d, err: unknownFields(d)}
+	if f.str("api_url", &c.APIURL) {
+		c.APIURL = strings.TrimRight(c.APIURL, "/")
 	}
-	var trimmedFields []string
-	if v, ok, err := stringField(d, "api_url"); err != nil {
-		return nil, err
-	} else if ok {
-		v = strings.TrimRight(v, "/")
-		if err := validateAPIURL(v); err != nil {
-			return nil, err
-		}
-		c.APIURL = v
-	}
-	if v, ok, trimmed, err := credentialField(d, "client_id"); err != nil {
-		return nil, err
-	} else if ok {
-		if trimmed {
-			trimmedFields = append(trimmedFields, "client_id")
-		}
-		if strings.TrimSpace(v) == "" {
-			return nil, errors.New("client_id: must not be empty")
-		}
-		c.ClientID = strings.TrimSpace(v)
-	}
-	if v, ok, trimmed, err := credentialField(d, "client_secret"); err != nil {
-		return nil, err
-	} else if ok {
-		if trimmed {
-			trimmedFields = append(trimmedFields, "client_secret")
-		}
-		if v == "" {
-			return nil, errors.New("client_secret: must not be empty")
-		}
-		c.ClientSecret = v
-	}
-	if v, ok, err := stringField(d, "body_format"); err != nil {
-		return nil, err
-	} else if ok {
-		if v != string(ermeo.BodyAuto) && v != string(ermeo.BodyJSON) && v != string(ermeo.BodyForm) {
-			return nil, fmt.Errorf("body_format: must be auto, json or form (got %s)", describe(v))
-		}
-		c.BodyFormat = v
-	}
-	if v, ok, err := boolField(d, "verify_accounts"); err != nil {
-		return nil, err
-	} else if ok {
-		c.SkipAccountCheck = !v
-	}
-	if v, ok, err := boolField(d, "default_lease"); err != nil {
-		return nil, err
-	} else if ok {
-		c.DefaultNoLease = !v
-	}
-	if v, ok, err := boolField(d, "verify_connection"); err != nil {
-		return nil, err
-	} else if ok {
-		c.SkipConnectionCheck = !v
-	}
-	if v, ok, err := caCertificateField(d); err != nil {
-		return nil, err
-	} else if ok {
-		c.CACertificate = v
-	}
-	durations := []struct {
-		name string
-		dst  *time.Duration
-	}{
-		{"request_timeout", &c.RequestTimeout},
-		{"default_min_ttl", &c.DefaultMinTTL},
-		{"default_rotation_period", &c.DefaultRotationPeriod},
-	}
-	for _, f := range durations {
-		v, ok, err := durationField(d, f.name, durationLimits[f.name])
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			*f.dst = v
+	f.str("client_id", &c.ClientID)
+	f.str("client_secret", &c.ClientSecret)
+	f.str("body_format", &c.BodyFormat)
+	f.str("ca_certificate", &c.CACertificate)
+	f.duration("request_timeout", &c.RequestTimeout)
+	f.duration("default_min_ttl", &c.DefaultMinTTL)
+	f.duration("default_rotation_period", &c.DefaultRotationPeriod)
+	// Stored negated: true, the default, is the zero value.
+	for name, skip := range map[string]*bool{"verify_accounts": &c.SkipAccountCheck, "verify_connection": &c.SkipConnectionCheck, "default_lease": &c.DefaultNoLease} {
+		if v, ok := d.GetOk(name); ok {
+			*skip = !v.(bool)
 		}
 	}
-	return trimmedFields, nil
+	return f.trimmed, f.err
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {

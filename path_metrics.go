@@ -61,12 +61,12 @@ var metricsResponseFields = map[string]*framework.FieldSchema{
 var prometheusFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
 
 func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	if err := unknownFields(d); err != nil {
-		return logical.ErrorResponse(err.Error()), nil
+	f, format := &fieldReader{d: d, err: unknownFields(d)}, ""
+	if v, _ := d.GetOk("format"); v != "" { // empty is the default, json
+		f.str("format", &format)
 	}
-	format := d.Get("format").(string)
-	if format != "" && format != "json" && format != "prometheus" {
-		return logical.ErrorResponse("format: must be json or prometheus"), nil
+	if f.err != nil {
+		return logical.ErrorResponse(f.err.Error()), nil
 	}
 	families, err := b.metrics.registry.Gather()
 	if err != nil {
