@@ -9,27 +9,10 @@ import (
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
-// The Ermeo client, built in one place: once per cached config (see
-// cachedConfig in backend.go), so that it is rebuilt when config changes here
-// (setConfig) or on another node (Invalidate), as the GitHub plugin's
-// Client() is.
-
-// client returns the Ermeo client for cfg: the cached one when cfg is the
-// cached config, else (a config write's candidate) a new one. A test that
-// replaced the backend's HTTP client gets a client built on the new one.
-func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
-	c := b.config.Load()
-	switch {
-	case c == nil || c.cfg != cfg || cfg == nil:
-		return b.newClient(cfg)
-	case c.http != b.httpClient:
-		rebuilt := b.newCachedConfig(cfg)
-		b.config.CompareAndSwap(c, rebuilt)
-		return rebuilt.client, rebuilt.clientErr
-	default:
-		return c.client, c.clientErr
-	}
-}
+// The Ermeo client, built in one place: once per cached config (config.go
+// keeps it beside the config it was built from), so that it is rebuilt when
+// config changes here (setConfig) or on another node (Invalidate), as the
+// GitHub plugin's Client() is.
 
 // newClient builds a client for cfg, on the backend's HTTP client (which
 // tests replace to inject faults), or a copy that trusts cfg's CA bundle.

@@ -134,7 +134,7 @@ func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntr
 	return cfg, nil
 }
 
-// cachedConfig is the config in memory, or nil if it is not loaded (or none).
+// peekConfig is the config in memory, or nil if it is not loaded (or none).
 func (b *backend) peekConfig() *configEntry {
 	if c := b.config.Load(); c != nil {
 		return c.cfg
@@ -182,4 +182,21 @@ func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
 	}
 	b.setConfig(stored)
 	b.Logger().Info("recorded the body format Ermeo reads", "body_format_detected", detected)
+}
+
+// client returns the Ermeo client for cfg: the cached one when cfg is the
+// cached config, else (a config write's candidate) a new one. A test that
+// replaced the backend's HTTP client gets a client built on the new one.
+func (b *backend) client(cfg *configEntry) (*ermeo.Client, error) {
+	c := b.config.Load()
+	switch {
+	case c == nil || c.cfg != cfg || cfg == nil:
+		return b.newClient(cfg)
+	case c.http != b.httpClient:
+		rebuilt := b.newCachedConfig(cfg)
+		b.config.CompareAndSwap(c, rebuilt)
+		return rebuilt.client, rebuilt.clientErr
+	default:
+		return c.client, c.clientErr
+	}
 }

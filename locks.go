@@ -42,13 +42,17 @@ import "hash/maphash"
 type outerLock struct{ mu mutex }
 
 func (l *outerLock) Lock() {
-	takingOuter(l)
+	if lockOrderChecked {
+		takingOuter(l)
+	}
 	l.mu.Lock()
 }
 
 func (l *outerLock) Unlock() {
 	l.mu.Unlock()
-	releasedOuter(l)
+	if lockOrderChecked {
+		releasedOuter(l)
+	}
 }
 
 // accountLockCount is how many locks the accounts are hashed into.
@@ -61,8 +65,3 @@ type accountLocks struct {
 }
 
 func newAccountLocks() *accountLocks { return &accountLocks{seed: maphash.MakeSeed()} }
-
-// of returns the lock of the account name.
-func (l *accountLocks) of(name string) *outerLock {
-	return &l.locks[maphash.String(l.seed, name)%accountLockCount]
-}

@@ -1,30 +1,17 @@
 package ermeosecrets
 
 import (
-	"context"
 	"sync/atomic"
-	"time"
 
-	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics and events of the refresh protocol.
+// Metrics of the refresh protocol (its events are sent by rotation.go).
 //
 // An external plugin runs in its own process, and Vault does not collect its
 // go-metrics (hashicorp/vault#7259), so the plugin keeps its own counters and
 // serves them at the metrics path, as JSON or in Prometheus' text format,
 // both from the backend's own Prometheus registry.
-// Events go through Vault's event bus (the SDK's event sender) where the
-// Vault version has one.
-
-// Event types sent on Vault's event bus.
-const (
-	eventRotated        = "ermeo/chain-rotated"
-	eventRotationFailed = "ermeo/rotation-failed"
-	eventChainLost      = "ermeo/chain-lost"
-)
 
 // refreshBuckets are the upper bounds, in seconds, of the refresh latency histogram.
 var refreshBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
@@ -108,23 +95,6 @@ func newMetrics() *metrics {
 	return m
 }
 
-func (m *metrics) refresh(outcome string, took time.Duration) {
-	m.refreshes.WithLabelValues(outcome).Inc()
-	m.refreshDuration.Observe(took.Seconds())
-}
-
-func (m *metrics) passwordGrant(outcome string) {
-	m.passwordGrants.WithLabelValues(outcome).Inc()
-}
-
-func (m *metrics) chainLost(how string) {
-	m.chainsLost.WithLabelValues(how).Inc()
-}
-
-func (m *metrics) chainRecovered() {
-	m.chainsRecovered.Inc()
-}
-
 var (
 	expiresInDesc = prometheus.NewDesc(metricExpiresIn,
 		"Seconds until each account's refresh token expires.", []string{"account"}, nil)
@@ -183,15 +153,5 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 	})
 	for state, n := range byState {
 		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), state)
-	}
-}
-
-// emit sends an event on Vault's bus; where there is none, nothing happens.
-func (b *backend) emit(ctx context.Context, eventType, mount, name string, pairs ...string) {
-	pairs = append(pairs, "account", name,
-		logical.EventMetadataDataPath, mount+"creds/"+name,
-		logical.EventMetadataModified, "true")
-	if err := logical.SendEvent(context.WithoutCancel(ctx), b, eventType, pairs...); err != nil && err != framework.ErrNoEvents {
-		b.Logger().Debug("could not send an event", "type", eventType, "error", err)
 	}
 }

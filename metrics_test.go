@@ -317,7 +317,7 @@ func TestMetricsRegistriesArePerBackend(t *testing.T) {
 	one.configure()
 	one.createAccount("app", nil)
 	one.must(logical.UpdateOperation, "accounts/app/rotate", nil)
-	two.b.metrics.chainLost("refused")
+	two.b.metrics.chainsLost.WithLabelValues("refused").Inc()
 
 	f1, _ := readPrometheus(t, one)
 	f2, _ := readPrometheus(t, two)

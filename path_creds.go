@@ -103,27 +103,16 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 	return resp, nil
 }
 
-// A creds lease is scheduled so that both of Vault's lease-aware readers get
-// the next token in time, and Vault Proxy can cache the answer:
+// A creds lease, by the token's life left (usable end: min_ttl before it
+// expires):
 //
-//   - a token with at least min_ttl left gets a renewable lease of one step
-//     (half of min_ttl, whole seconds), renewable by a step at a time up to
-//     the token's lease end, min_ttl/2 before it expires, and never past
-//     it. Vault's lease renewer (in Agent and Proxy) renews every two
-//     thirds of the lease; once a renewal comes back shorter it lets go,
-//     and that happens only after the token's usable end (min_ttl before it
-//     expires), so the read that follows refreshes: Proxy caches one answer
-//     per token, Agent reads again after the refresh is due and renders the
-//     new token.
-//   - a token read in the last seconds before its usable end gets a
-//     non-renewable lease of half its remaining life instead: Agent then
-//     sleeps 85-95% of it and reads again well after the usable end, in a
-//     later second than its last answer (consul-template keeps one answer
-//     per wall-clock second, so an answer that came in the same second as
-//     the one before would be dropped).
-//   - a token with less than min_ttl left (Ermeo unreachable, or a token
-//     younger than half its life) gets a non-renewable lease of half its
-//     remaining life: readers come back while it is still valid.
+//	life left                     lease                                      why
+//	at least min_ttl + 2 s        renewable, min_ttl/2 a step, up to          Vault's renewer (Agent, Proxy) lets go at a
+//	                              min_ttl/2 before expiry, never past it     short renewal, only past the usable end: the
+//	                                                                         next read refreshes; Proxy caches one answer
+//	the last 2 s before the end   non-renewable, half the life left          Agent reads again in a later second
+//	                                                                         (consul-template keeps one answer a second)
+//	less than min_ttl             non-renewable, half the life left          readers come back while it is still valid
 type credsLease struct {
 	ttl       time.Duration
 	renewable bool

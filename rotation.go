@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
@@ -115,9 +116,10 @@ func (b *backend) grant(ctx context.Context, cfg *configEntry, client *ermeo.Cli
 	}
 	switch g {
 	case grantRefresh, grantAdopt:
-		b.metrics.refresh(outcomes[res.kind].refreshes, time.Since(start))
+		b.metrics.refreshes.WithLabelValues(outcomes[res.kind].refreshes).Inc()
+		b.metrics.refreshDuration.Observe(time.Since(start).Seconds())
 	case grantPassword, grantRebootstrap:
-		b.metrics.passwordGrant(outcomes[res.kind].passwords)
+		b.metrics.passwordGrants.WithLabelValues(outcomes[res.kind].passwords).Inc()
 	}
 	return res
 }
@@ -137,7 +139,7 @@ type accountOp struct {
 	storage logical.Storage
 	cfg     *configEntry
 	client  *ermeo.Client // cfg's, set by withClient
-	mount   string // for the commands named in errors, e.g. "ermeo/"
+	mount   string        // for the commands named in errors, e.g. "ermeo/"
 	name    string
 	// force is an operator's: it does not wait out a backoff.
 	force bool
@@ -276,7 +278,7 @@ func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *ac
 		}
 		next.ChainLostAt, next.ChainLostHow = now, how
 		next.RefreshToken, next.RotationIntent = "", nil
-		b.metrics.chainLost(how)
+		b.metrics.chainsLost.WithLabelValues(how).Inc()
 	case outcomeRejected:
 		// Checked by Ermeo before the refresh token: it is unspent. Tried
 		// again after the backoff, or once config changes (the operator
@@ -316,6 +318,23 @@ func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *ac
 		return next, requestError(rule.status, fmt.Sprintf("%s; the refresh token was not spent; check %sconfig (writing it lifts the wait until %s)", next.LastError, op.mount, formatTime(next.NextAttemptAt)))
 	default:
 		return next, requestError(rule.status, fmt.Sprintf("%s; the stored refresh token may be spent; the next attempt, from %s, finds out", next.LastError, formatTime(next.NextAttemptAt)))
+	}
+}
+
+// Event types sent on Vault's event bus.
+const (
+	eventRotated        = "ermeo/chain-rotated"
+	eventRotationFailed = "ermeo/rotation-failed"
+	eventChainLost      = "ermeo/chain-lost"
+)
+
+// emit sends an event on Vault's bus; where there is none, nothing happens.
+func (b *backend) emit(ctx context.Context, eventType, mount, name string, pairs ...string) {
+	pairs = append(pairs, "account", name,
+		logical.EventMetadataDataPath, mount+"creds/"+name,
+		logical.EventMetadataModified, "true")
+	if err := logical.SendEvent(context.WithoutCancel(ctx), b, eventType, pairs...); err != nil && err != framework.ErrNoEvents {
+		b.Logger().Debug("could not send an event", "type", eventType, "error", err)
 	}
 }
 
@@ -367,7 +386,7 @@ func (b *backend) rebootstrapLocked(ctx context.Context, op accountOp, a *accoun
 				if b.crashed(crashAfterWrite) {
 					return nil, errSimulatedCrash
 				}
-				b.metrics.chainRecovered()
+				b.metrics.chainsRecovered.Inc()
 				b.emit(ctx, eventRotated, op.mount, op.name, "generation", fmt.Sprint(next.Generation), "recovered", "true")
 				b.Logger().Info("started a new refresh chain with the kept password", "account", op.name, "generation", next.Generation)
 				return next, nil

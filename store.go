@@ -3,6 +3,7 @@ package ermeosecrets
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"time"
 
@@ -132,7 +133,9 @@ func newAccountStore(now func() time.Time, config func() *configEntry, logger fu
 }
 
 // lock returns the lock that serializes everything done to one account.
-func (s *accountStore) lock(name string) *outerLock { return s.locks.of(name) }
+func (s *accountStore) lock(name string) *outerLock {
+	return &s.locks.locks[maphash.String(s.locks.seed, name)%accountLockCount]
+}
 
 // get returns the newest known state of an account without taking its lock:
 // a refreshed pair waiting to be stored, or the cached entry, or storage. For

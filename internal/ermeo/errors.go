@@ -163,19 +163,6 @@ func rejection(resp *http.Response, body []byte, secrets ...string) error {
 	}
 }
 
-// optString returns the string under key: "" when absent or null, ok false
-// when the value is of another JSON type.
-func optString(fields map[string]json.RawMessage, key string) (s string, ok bool) {
-	raw, found := fields[key]
-	if !found || string(raw) == "null" {
-		return "", true
-	}
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", false
-	}
-	return s, true
-}
-
 // clean makes server text safe to show: non-printable characters become '?',
 // and the result has at most 200 characters.
 func clean(s string) string {
