@@ -31,8 +31,13 @@ type rotationIntent struct {
 	Attempts   int       `json:"attempts"`
 }
 
+// accountVersion is the version of the account entry this build writes
+// (see upgradeAccount).
+const accountVersion = 1
+
 // accountEntry is one Ermeo account and the current link of its refresh chain.
 type accountEntry struct {
+	Version              int       `json:"version"`
 	Username             string    `json:"username"`
 	PasswordKept         bool      `json:"password_kept"`
 	RefreshToken         string    `json:"refresh_token"`
@@ -40,7 +45,7 @@ type accountEntry struct {
 	AccessToken          string    `json:"access_token"`
 	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
 	// AccessTokenLifetime is the expires_in of the grant that issued the
-	// access token (0 in entries written before it was recorded).
+	// access token (0 when unknown).
 	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
 	Generation          uint64        `json:"generation"`
 	LastRotation        time.Time     `json:"last_rotation"`
@@ -49,10 +54,8 @@ type accountEntry struct {
 	MinTTL              time.Duration `json:"min_ttl,omitempty"`
 	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
 	// Lease is the account's lease mode when it sets one (lease=true or
-	// false); nil means config's default_lease. NoLease is how entries
-	// written before config had a default recorded lease=false.
-	Lease   *bool `json:"lease,omitempty"`
-	NoLease bool  `json:"no_lease,omitempty"`
+	// false); nil means config's default_lease.
+	Lease *bool `json:"lease,omitempty"`
 	// Whose Ermeo account this is, from GET /api/v1/profile when written.
 	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
 	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
@@ -92,28 +95,10 @@ func (a *accountEntry) clone() *accountEntry {
 // effectiveLease says whether creds/<name> answers with a lease: the
 // account's own lease setting, or config's default_lease (on by default).
 func effectiveLease(a *accountEntry, cfg *configEntry) bool {
-	switch {
-	case a.Lease != nil:
+	if a.Lease != nil {
 		return *a.Lease
-	case a.NoLease:
-		return false
-	default:
-		return cfg == nil || !cfg.DefaultNoLease
 	}
-}
-
-// tokenLifetime is the lifetime of the account's access token, from the
-// expires_in of the grant that issued it (0 when unknown).
-func (a *accountEntry) tokenLifetime() time.Duration {
-	switch {
-	case a.AccessTokenLifetime > 0:
-		return a.AccessTokenLifetime
-	case a.AccessToken != "" && a.AccessTokenExpiresAt.After(a.LastRotation) && !a.LastRotation.IsZero():
-		// Entries written before the lifetime was recorded.
-		return a.AccessTokenExpiresAt.Sub(a.LastRotation)
-	default:
-		return 0
-	}
+	return cfg == nil || cfg.DefaultLease
 }
 
 // effectiveMinTTL is the least life a token handed out has left: the
@@ -273,12 +258,37 @@ func accountKey(name string) string { return accountPrefix + name }
 func passwordKey(name string) string { return passwordPrefix + name }
 
 func loadAccount(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
-	var a accountEntry
+	var a accountV0
 	ok, err := getJSON(ctx, s, accountKey(name), &a)
 	if err != nil || !ok {
 		return nil, err
 	}
-	return &a, nil
+	return upgradeAccount(&a), nil
+}
+
+// accountV0 is an account entry as any version stored it: this version's
+// fields, and no_lease, which entries of v0.1.0 stored for lease=false.
+type accountV0 struct {
+	accountEntry
+	NoLease bool `json:"no_lease"`
+}
+
+// upgradeAccount is the one place where an older account entry becomes this
+// version's; it is written as such at the account's next write.
+func upgradeAccount(a *accountV0) *accountEntry {
+	if a.Version < 1 {
+		if a.NoLease && a.Lease == nil {
+			noLease := false
+			a.Lease = &noLease
+		}
+		if a.AccessTokenLifetime == 0 && a.AccessToken != "" && !a.LastRotation.IsZero() && a.AccessTokenExpiresAt.After(a.LastRotation) {
+			// v0.1.0 did not record expires_in: its grants were stored at
+			// once, so the lifetime is the expiry less the rotation.
+			a.AccessTokenLifetime = a.AccessTokenExpiresAt.Sub(a.LastRotation)
+		}
+		a.Version = 1
+	}
+	return &a.accountEntry
 }
 
 func saveAccount(ctx context.Context, s logical.Storage, name string, a *accountEntry) error {

@@ -12,8 +12,13 @@ import (
 // The mount's connection to Ermeo: the entry, its limits and defaults, its
 // load and save, and its one cache (with the Ermeo client built from it).
 
+// configVersion is the version of the config entry this build writes (see
+// upgradeConfig).
+const configVersion = 1
+
 // configEntry is the mount's connection to Ermeo.
 type configEntry struct {
+	Version      int    `json:"version"`
 	APIURL       string `json:"api_url"`
 	ClientID     string `json:"client_id"`
 	ClientSecret string `json:"client_secret"`
@@ -23,19 +28,17 @@ type configEntry struct {
 	BodyFormatDetected string        `json:"body_format_detected,omitempty"`
 	RequestTimeout     time.Duration `json:"request_timeout"`
 	CACertificate      string        `json:"ca_certificate,omitempty"`
-	// SkipAccountCheck turns off the GET /api/v1/profile check of a new
-	// account (verify_accounts=false).
-	SkipAccountCheck bool `json:"skip_account_check,omitempty"`
-	// SkipConnectionCheck turns off the check of the client credentials
-	// when config is written (verify_connection=false).
-	SkipConnectionCheck bool `json:"skip_connection_check,omitempty"`
+	// VerifyAccounts: a new account's chain is checked with GET
+	// /api/v1/profile. VerifyConnection: the client credentials are checked
+	// when config is written.
+	VerifyAccounts   bool `json:"verify_accounts"`
+	VerifyConnection bool `json:"verify_connection"`
 	// CredentialsCheckedAt is when Ermeo last accepted the client
 	// credentials; zero when they were not checked.
 	CredentialsCheckedAt time.Time     `json:"credentials_checked_at,omitempty"`
 	DefaultMinTTL        time.Duration `json:"default_min_ttl"`
-	// DefaultNoLease: accounts that set no lease mode answer creds without
-	// a lease (default_lease=false).
-	DefaultNoLease        bool          `json:"default_no_lease,omitempty"`
+	// DefaultLease: accounts that set no lease mode answer creds with a lease.
+	DefaultLease          bool          `json:"default_lease"`
 	DefaultRotationPeriod time.Duration `json:"default_rotation_period"`
 	// Revision counts the changes of how Ermeo is reached and as whom
 	// (connectionChanged), from 1: an account whose refresh Ermeo rejected
@@ -43,16 +46,55 @@ type configEntry struct {
 	Revision uint64 `json:"revision"`
 }
 
+// newConfig is a config with every default.
+func newConfig() *configEntry {
+	return &configEntry{
+		Version:               configVersion,
+		APIURL:                ermeo.DefaultAPIURL,
+		BodyFormat:            string(ermeo.BodyAuto),
+		RequestTimeout:        defaultRequestTimeout,
+		VerifyAccounts:        true,
+		VerifyConnection:      true,
+		DefaultMinTTL:         defaultMinTTL,
+		DefaultLease:          true,
+		DefaultRotationPeriod: defaultRotationPeriod,
+	}
+}
+
 func loadConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
-	var c configEntry
+	var c configV0
 	ok, err := getJSON(ctx, s, configKey, &c)
 	if err != nil || !ok {
 		return nil, err
 	}
-	if c.Revision == 0 {
-		c.Revision = 1 // written before revisions were counted
+	return upgradeConfig(&c), nil
+}
+
+// configV0 is a config entry as any version stored it: this version's
+// fields, and the negations that entries before versions (v0.1.0 and
+// v0.2.0's development) stored instead of the positive fields.
+type configV0 struct {
+	configEntry
+	SkipAccountCheck    bool `json:"skip_account_check"`
+	SkipConnectionCheck bool `json:"skip_connection_check"`
+	DefaultNoLease      bool `json:"default_no_lease"`
+}
+
+// upgradeConfig is the one place where an older config entry becomes this
+// version's; it is written as such at the next config write.
+func upgradeConfig(c *configV0) *configEntry {
+	if c.Version < 1 {
+		c.VerifyAccounts, c.VerifyConnection, c.DefaultLease = !c.SkipAccountCheck, !c.SkipConnectionCheck, !c.DefaultNoLease
+		c.Revision = max(c.Revision, 1) // written before revisions were counted
+		if c.DefaultMinTTL == 0 {
+			c.DefaultMinTTL = defaultMinTTL
+		}
+		if c.DefaultRotationPeriod == 0 {
+			c.DefaultRotationPeriod = defaultRotationPeriod
+		}
+		c.Version = 1
 	}
-	return &c, nil
+	return &c.configEntry
 }
 
 func saveConfig(ctx context.Context, s logical.Storage, c *configEntry) error {

@@ -1425,7 +1425,7 @@ func opDiffCategory(diffs []string) string {
 				c = "replaced the account's refresh token"
 			case fields["access_token"]:
 				c = "wiped the account's access token"
-			case fields["min_ttl"] || fields["rotation_period"] || fields["no_lease"] || fields["username"]:
+			case fields["min_ttl"] || fields["rotation_period"] || fields["lease"] || fields["username"]:
 				c = "stored the failed write's settings or username"
 			default:
 				c = "changed the account (" + d[strings.Index(d, ": ")+2:] + ")"

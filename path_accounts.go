@@ -245,7 +245,7 @@ func (r *accountRequest) validate(old *accountEntry, cfg *configEntry) string {
 	}
 	if old != nil && !r.hasPassword && !r.hasRefreshToken {
 		// The chain stays: its token lifetime is known.
-		return minTTLError(r.settings(old), cfg, old.tokenLifetime())
+		return minTTLError(r.settings(old), cfg, old.AccessTokenLifetime)
 	}
 	return ""
 }
@@ -253,7 +253,7 @@ func (r *accountRequest) validate(old *accountEntry, cfg *configEntry) string {
 // settings returns a copy of the account (a new one when a is nil) with the
 // request's settings applied; its chain is untouched.
 func (r *accountRequest) settings(a *accountEntry) *accountEntry {
-	next := &accountEntry{State: stateActive}
+	next := &accountEntry{Version: accountVersion, State: stateActive}
 	if a != nil {
 		c := *a
 		next = &c
@@ -269,7 +269,7 @@ func (r *accountRequest) settings(a *accountEntry) *accountEntry {
 	}
 	if r.hasLease {
 		lease := r.lease
-		next.Lease, next.NoLease = &lease, false
+		next.Lease = &lease
 	}
 	return next
 }
@@ -367,7 +367,7 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 // that passes, stores whose account it is; a failed check is a warning.
 // Called with the account's lock held, after the chain is stored.
 func (b *backend) checkAccountLocked(ctx context.Context, r accountOp, a *accountEntry) []string {
-	if r.cfg.SkipAccountCheck {
+	if !r.cfg.VerifyAccounts {
 		return nil
 	}
 	client, err := b.client(r.cfg)

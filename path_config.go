@@ -140,13 +140,13 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"body_format":             c.BodyFormat,
 		"body_format_detected":    c.BodyFormatDetected,
 		"ca_certificate":          c.CACertificate,
-		"verify_accounts":         !c.SkipAccountCheck,
-		"verify_connection":       !c.SkipConnectionCheck,
+		"verify_accounts":         c.VerifyAccounts,
+		"verify_connection":       c.VerifyConnection,
 		"credentials_checked_at":  formatTime(c.CredentialsCheckedAt),
 		"request_timeout":         int64(c.RequestTimeout.Seconds()),
 		"default_min_ttl":         int64(c.DefaultMinTTL.Seconds()),
 		"default_rotation_period": int64(c.DefaultRotationPeriod.Seconds()),
-		"default_lease":           !c.DefaultNoLease,
+		"default_lease":           c.DefaultLease,
 	}}, nil
 }
 
@@ -160,13 +160,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
-	c := &configEntry{
-		APIURL:                ermeo.DefaultAPIURL,
-		BodyFormat:            string(ermeo.BodyAuto),
-		RequestTimeout:        defaultRequestTimeout,
-		DefaultMinTTL:         defaultMinTTL,
-		DefaultRotationPeriod: defaultRotationPeriod,
-	}
+	c := newConfig()
 	if old != nil {
 		*c = *old
 	}
@@ -196,7 +190,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		c.CredentialsCheckedAt, c.BodyFormatDetected = time.Time{}, ""
 		c.Revision++
 	}
-	if !c.SkipConnectionCheck && c.CredentialsCheckedAt.IsZero() {
+	if c.VerifyConnection && c.CredentialsCheckedAt.IsZero() {
 		detected, err := b.checkCredentials(ctx, c)
 		if err != nil {
 			return errorResponse(err)
@@ -241,7 +235,7 @@ func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *
 		if a == nil || a.MinTTL > 0 {
 			continue
 		}
-		if msg := minTTLError(a, c, a.tokenLifetime()); msg != "" {
+		if msg := minTTLError(a, c, a.AccessTokenLifetime); msg != "" {
 			return fmt.Sprintf("default_min_ttl: account %q uses it, and %s", name, strings.TrimPrefix(msg, "default_min_ttl (in config): ")), nil
 		}
 	}
@@ -262,10 +256,9 @@ func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error)
 	f.duration("request_timeout", &c.RequestTimeout)
 	f.duration("default_min_ttl", &c.DefaultMinTTL)
 	f.duration("default_rotation_period", &c.DefaultRotationPeriod)
-	// Stored negated: true, the default, is the zero value.
-	for name, skip := range map[string]*bool{"verify_accounts": &c.SkipAccountCheck, "verify_connection": &c.SkipConnectionCheck, "default_lease": &c.DefaultNoLease} {
+	for name, dst := range map[string]*bool{"verify_accounts": &c.VerifyAccounts, "verify_connection": &c.VerifyConnection, "default_lease": &c.DefaultLease} {
 		if v, ok := d.GetOk(name); ok {
-			*skip = !v.(bool)
+			*dst = v.(bool)
 		}
 	}
 	return f.trimmed, f.err

@@ -83,7 +83,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		// Agent comes back 1s after the ttl, hence the second less.
 		ttl := leaseTTL(remaining, minTTL)
 		data["ttl"] = int64(max(ttl-time.Second, time.Second).Seconds())
-		data["rotation_period"] = int64(a.tokenLifetime().Seconds())
+		data["rotation_period"] = int64(a.AccessTokenLifetime.Seconds())
 		resp = &logical.Response{Data: data}
 	} else {
 		lease := leaseFor(now, a.AccessTokenExpiresAt, minTTL)
@@ -309,7 +309,7 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 // than half its lifetime (only an operator's rotate does). For such a token
 // it returns the warning to serve it with, naming the setting; otherwise "".
 func (b *backend) youngTokenWarning(a *accountEntry, cfg *configEntry) string {
-	lifetime := a.tokenLifetime()
+	lifetime := a.AccessTokenLifetime
 	if lifetime <= 0 || a.AccessToken == "" || a.AccessTokenExpiresAt.Sub(b.now()) <= lifetime/2 {
 		return ""
 	}

@@ -209,16 +209,6 @@ func TestConfigDefaultLeaseAndTheAccountsOverride(t *testing.T) {
 	if got := e.must(logical.ReadOperation, "config", nil).Data["default_lease"]; got != true {
 		t.Errorf("config shows default_lease=%v", got)
 	}
-	// Entries written before the default existed keep their lease=false.
-	a := e.stored("inherits")
-	a.Lease, a.NoLease = nil, true
-	if err := saveAccount(t.Context(), e.storage, "inherits", a); err != nil {
-		t.Fatal(err)
-	}
-	e.b.Invalidate(t.Context(), accountKey("inherits"))
-	if r := e.creds("inherits"); r.Secret != nil {
-		t.Errorf("an old entry with no_lease: want no lease")
-	}
 }
 
 func TestLeaseFor(t *testing.T) {
