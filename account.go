@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -322,3 +323,19 @@ func savePassword(ctx context.Context, s logical.Storage, name, password string)
 func deletePassword(ctx context.Context, s logical.Storage, name string) error {
 	return s.Delete(ctx, passwordKey(name))
 }
+
+// withAccountName checks the account name of the path, once for every
+// handler that takes one: a bad name is a 400 that says what is allowed.
+func withAccountName(h accountHandler) framework.OperationFunc {
+	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+		name := d.Get("name").(string)
+		if err := validateAccountName(name); err != nil {
+			return logical.ErrorResponse(err.Error()), nil
+		}
+		return h(ctx, req, d, name)
+	}
+}
+
+// accountHandler is a handler of a path that names an account, called with
+// the name checked.
+type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)

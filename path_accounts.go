@@ -145,22 +145,6 @@ var accountResponseFields = map[string]*framework.FieldSchema{
 	"checked_at":               {Type: framework.TypeString, Required: true, Description: "When the profile check last passed."},
 }
 
-// accountHandler is a handler of a path that names an account, called with
-// the name checked.
-type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)
-
-// withAccountName checks the account name of the path, once for every
-// handler that takes one: a bad name is a 400 that says what is allowed.
-func withAccountName(h accountHandler) framework.OperationFunc {
-	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-		name := d.Get("name").(string)
-		if err := validateAccountName(name); err != nil {
-			return logical.ErrorResponse(err.Error()), nil
-		}
-		return h(ctx, req, d, name)
-	}
-}
-
 func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	names, err := listAccounts(ctx, req.Storage)
 	if err != nil {
