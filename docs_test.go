@@ -133,7 +133,7 @@ var apiErrors = map[string][]apiError{
 	},
 	"metrics read": {
 		errUnknownField,
-		{http.StatusBadRequest, "`format` is neither json nor prometheus"},
+		{http.StatusBadRequest, "`format` is not prometheus; `json` was dropped (the message says how to read the text)"},
 	},
 }
 
@@ -154,10 +154,11 @@ var requiredToCreate = map[string]map[string]string{
 }
 
 // apiExample is one example of an operation: the fields it sends, in order.
-// curlOnly is for an answer the vault CLI cannot decode (not JSON).
+// raw is for an answer that is not JSON: the vault CLI prints its body as it
+// is with -format=raw.
 type apiExample struct {
-	fields   []string
-	curlOnly bool
+	fields []string
+	raw    bool
 }
 
 // apiExamples are the examples of the operations that send fields; every
@@ -168,7 +169,7 @@ var apiExamples = map[string][]apiExample{
 	"config update":          {{fields: []string{"body_format"}}},
 	"accounts/<name> create": {{fields: []string{"username", "password"}}},
 	"accounts/<name> update": {{fields: []string{"min_ttl"}}},
-	"metrics read":           {{}, {fields: []string{"format"}, curlOnly: true}},
+	"metrics read":           {{raw: true}},
 }
 
 // exampleValues are the values the examples give fields, by name. Sensitive
@@ -180,7 +181,6 @@ var exampleValues = map[string]string{
 	"body_format": "form",
 	"username":    "jane@example.com",
 	"min_ttl":     "15m",
-	"format":      "prometheus",
 }
 
 func TestAPIDocsAreUpToDate(t *testing.T) {
@@ -676,9 +676,7 @@ func writeOperation(w *strings.Builder, dp docPath, o docOperation, printed map[
 		examples = []apiExample{{}}
 	}
 	for _, ex := range examples {
-		if !ex.curlOnly {
-			w.WriteString(vaultExample(dp, o.op, ex) + "\n")
-		}
+		w.WriteString(vaultExample(dp, o.op, ex) + "\n")
 		w.WriteString(curlExample(dp, o.op, ex) + "\n")
 	}
 	w.WriteString("```\n")
@@ -700,6 +698,9 @@ var namedParamRe = regexp.MustCompile(`<\w+>`)
 
 func vaultExample(dp docPath, op logical.Operation, ex apiExample) string {
 	parts := []string{"vault", vaultCommands[op]}
+	if ex.raw {
+		parts = append(parts, "-format=raw")
+	}
 	if takesBody(op) && len(ex.fields) == 0 {
 		parts = append(parts, "-f")
 	}
@@ -828,7 +829,11 @@ func allowedCell(name string, s *framework.FieldSchema) string {
 		for _, v := range s.AllowedValues {
 			vs = append(vs, "`"+fmt.Sprint(v)+"`")
 		}
-		parts = append(parts, "one of "+strings.Join(vs, ", "))
+		if len(vs) == 1 {
+			parts = append(parts, "only "+vs[0])
+		} else {
+			parts = append(parts, "one of "+strings.Join(vs, ", "))
+		}
 	}
 	if lim, ok := durationLimits[name]; ok && s.Type == framework.TypeDurationSecond {
 		parts = append(parts, humanDuration(lim.min)+" to "+humanDuration(lim.max))

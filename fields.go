@@ -91,7 +91,10 @@ func (r *fieldReader) str(name string, dst *string) bool {
 		err = fieldError(name, "contains a control character at byte %d (%s): give it on one line, without NUL, tab or line breaks", i, cmp.Or(what, fmt.Sprintf("0x%02x", s[i])))
 	case len(allowed) > 0 && !slices.Contains(allowed, any(t)):
 		w := strings.Fields(strings.Trim(fmt.Sprint(allowed), "[]"))
-		err = fieldError(name, "must be %s or %s (got %q)", strings.Join(w[:len(w)-1], ", "), w[len(w)-1], truncate(t, 40))
+		if len(w) > 1 {
+			w = []string{strings.Join(w[:len(w)-1], ", ") + " or " + w[len(w)-1]}
+		}
+		err = fieldError(name, "must be %s (got %q)", w[0], truncate(t, 40))
 	case rule.credential && t == "":
 		err = fieldError(name, "must not be empty")
 	case rule.check != nil:

@@ -52,25 +52,11 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 	e.spendChainBehindThePluginsBack("kept") // chain gone, recovered with the password
 	e.must(logical.UpdateOperation, "accounts/kept/rotate", nil)
 
-	resp := e.must(logical.ReadOperation, "metrics", nil)
-	refreshes := resp.Data["refreshes"].(map[string]any)
-	if refreshes["success"] != int64(1) || refreshes["unknown"] != int64(1) || refreshes["chain_gone"] != int64(1) {
-		t.Errorf("refreshes: %v", refreshes)
-	}
-	if lost := resp.Data["chains_lost"].(map[string]any); lost["refused"] != int64(1) {
-		t.Errorf("chains lost: %v", lost)
-	}
-	if resp.Data["chains_recovered"] != int64(1) || resp.Data["refresh_seconds_count"] != int64(3) {
-		t.Errorf("recovered %v, latency count %v", resp.Data["chains_recovered"], resp.Data["refresh_seconds_count"])
-	}
-	exp := resp.Data["refresh_token_expires_in_seconds"].(map[string]any)
-	if exp["kept"] != int64((14 * 24 * time.Hour).Seconds()) {
-		t.Errorf("expires in: %v", exp)
-	}
-
-	prom := e.must(logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"}).Data[logical.HTTPRawBody].(string)
+	families, prom := readPrometheus(t, e)
 	for _, want := range []string{
 		`ermeo_refreshes_total{outcome="success"} 1`,
+		`ermeo_refreshes_total{outcome="unknown"} 1`,
+		`ermeo_refreshes_total{outcome="chain_gone"} 1`,
 		`ermeo_chains_lost_total{how="refused"} 1`,
 		`ermeo_chains_recovered_total 1`,
 		`ermeo_refresh_duration_seconds_count 3`,
@@ -82,7 +68,7 @@ func TestMetricsAndEventsOfTheRefreshProtocol(t *testing.T) {
 	}
 
 	// expfmt writes 1209600 as 1.2096e+06: compare the parsed value.
-	if v := sampleValue(t, parsePrometheus(t, prom)[metricExpiresIn], "kept"); v != (14 * 24 * time.Hour).Seconds() {
+	if v := sampleValue(t, families[metricExpiresIn], "kept"); v != (14 * 24 * time.Hour).Seconds() {
 		t.Errorf("prometheus expires in for kept: %v", v)
 	}
 
@@ -133,9 +119,11 @@ func sampleValue(t *testing.T, f *dto.MetricFamily, label string) float64 {
 	return 0
 }
 
+// readPrometheus reads the metrics as `vault read -format=raw` does: no
+// format, the default.
 func readPrometheus(t *testing.T, e *testEnv) (map[string]*dto.MetricFamily, string) {
 	t.Helper()
-	resp := e.must(logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"})
+	resp := e.must(logical.ReadOperation, "metrics", nil)
 	ct, _ := resp.Data[logical.HTTPContentType].(string)
 	if !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
 		t.Errorf("content type %q", ct)
@@ -144,9 +132,34 @@ func readPrometheus(t *testing.T, e *testEnv) (map[string]*dto.MetricFamily, str
 	return parsePrometheus(t, text), text
 }
 
+// TestMetricsAreOnlyPrometheusText: format=prometheus, as scrape configs
+// send it, gives the text of the default; format=json, dropped, is a 400
+// that says how to read the text.
+func TestMetricsAreOnlyPrometheusText(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	_, text := readPrometheus(t, e)
+	resp := e.must(logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"})
+	if got := resp.Data[logical.HTTPRawBody]; got != text || resp.Data[logical.HTTPContentType] != string(prometheusFormat) {
+		t.Errorf("format=prometheus: %v %q, want the default's text:\n%s", resp.Data[logical.HTTPContentType], got, text)
+	}
+	for _, format := range []string{"json", " JSON "} {
+		resp, err := e.request(logical.ReadOperation, "metrics", map[string]any{"format": format})
+		msg := errText(resp, err)
+		for _, want := range []string{"format: json was dropped", "vault read -format=raw " + testMount + "metrics", "/v1/" + testMount + "metrics"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("format=%q: want a 400 saying %q, got %q", format, want, msg)
+			}
+		}
+	}
+	resp, err := e.request(logical.ReadOperation, "metrics", map[string]any{"format": "xml"})
+	if msg := errText(resp, err); msg != `format: must be prometheus (got "xml")` {
+		t.Errorf("format=xml: %q", msg)
+	}
+}
+
 // TestPrometheusTextParsesWithEveryFamily: what a Prometheus server would
 // read of the text format, family by family, with its type, help and
-// series, and that the JSON format says the same.
+// series.
 func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configure()
@@ -202,8 +215,8 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 	}
 
 	h := families[metricRefreshDuration].GetMetric()[0].GetHistogram()
-	// The parser keeps the +Inf bucket that the text has; the JSON, from
-	// the registry, has only the finite ones.
+	// The parser keeps the +Inf bucket that the text has; the registry's
+	// buckets are the finite ones.
 	buckets := h.GetBucket()
 	if n := len(buckets); n == 0 || !math.IsInf(buckets[n-1].GetUpperBound(), 1) || buckets[n-1].GetCumulativeCount() != h.GetSampleCount() {
 		t.Fatalf("histogram: no +Inf bucket of every sample: %v", buckets)
@@ -223,34 +236,6 @@ func TestPrometheusTextParsesWithEveryFamily(t *testing.T) {
 	}
 	if v := sampleValue(t, families[metricExpiresIn], "kept"); v != (14*24*time.Hour - time.Hour).Seconds() {
 		t.Errorf("kept expires in %v", v)
-	}
-
-	// The JSON format, from the same registry, says the same.
-	data := e.must(logical.ReadOperation, "metrics", nil).Data
-	jsonMaps := map[string]string{metricRefreshes: "refreshes", metricPasswordGrants: "password_grants", metricChainsLost: "chains_lost", metricExpiresIn: "refresh_token_expires_in_seconds",
-		metricLastRotation: "last_rotation_timestamp_seconds", metricRotationPeriod: "rotation_period_seconds", metricAccounts: "accounts_by_state"}
-	for name, field := range jsonMaps {
-		m := data[field].(map[string]any)
-		if len(m) != len(families[name].GetMetric()) {
-			t.Errorf("%s: JSON %v, text %v", field, m, families[name])
-		}
-		for k, v := range m {
-			if float64(v.(int64)) != sampleValue(t, families[name], k) {
-				t.Errorf("%s[%s]: JSON %v, text %v", field, k, v, sampleValue(t, families[name], k))
-			}
-		}
-	}
-	if data["refresh_seconds_count"] != int64(h.GetSampleCount()) || data["refresh_seconds_sum"] != h.GetSampleSum() {
-		t.Errorf("JSON latency %v %v, text %d %v", data["refresh_seconds_count"], data["refresh_seconds_sum"], h.GetSampleCount(), h.GetSampleSum())
-	}
-	jbounds, jbuckets := data["refresh_seconds_bucket_upper_bounds"].([]any), data["refresh_seconds_buckets"].([]any)
-	if len(jbounds) != len(refreshBuckets) || len(jbuckets) != len(refreshBuckets) {
-		t.Fatalf("JSON buckets %v %v", jbounds, jbuckets)
-	}
-	for i, b := range buckets {
-		if jbounds[i] != b.GetUpperBound() || jbuckets[i] != int64(b.GetCumulativeCount()) {
-			t.Errorf("bucket %d: JSON %v %v, text %v %d", i, jbounds[i], jbuckets[i], b.GetUpperBound(), b.GetCumulativeCount())
-		}
 	}
 }
 
@@ -297,14 +282,7 @@ func TestRotationGauges(t *testing.T) {
 	config["default_rotation_period"] = "48h"
 	e.must(logical.UpdateOperation, "config", config)
 	check(metricRotationPeriod, map[string]float64{"app": 86400, "idle": 48 * 3600})
-
-	data := e.must(logical.ReadOperation, "metrics", nil).Data
-	if got := data["last_rotation_timestamp_seconds"].(map[string]any); !maps.Equal(got, map[string]any{"app": int64(rotated), "idle": int64(start), "lost": int64(start)}) {
-		t.Errorf("JSON last rotation %v", got)
-	}
-	if got := data["rotation_period_seconds"].(map[string]any); !maps.Equal(got, map[string]any{"app": int64(86400), "idle": int64(48 * 3600)}) {
-		t.Errorf("JSON rotation period %v", got)
-	}
+	check(metricLastRotation, map[string]float64{"app": rotated, "idle": start, "lost": start})
 }
 
 // TestMetricsRegistriesArePerBackend: one plugin process serves every mount,
@@ -345,9 +323,6 @@ func TestMetricsRegistriesArePerBackend(t *testing.T) {
 	}
 	if f2[metricAccounts] != nil || f2[metricExpiresIn] != nil {
 		t.Errorf("two has gauges of accounts it does not hold: %v %v", f2[metricAccounts], f2[metricExpiresIn])
-	}
-	if data := two.must(logical.ReadOperation, "metrics", nil).Data; len(data["accounts_by_state"].(map[string]any)) != 0 {
-		t.Errorf("two's JSON: %v", data["accounts_by_state"])
 	}
 
 	defaults, err := prometheus.DefaultGatherer.Gather()

@@ -1,6 +1,7 @@
 package ermeosecrets
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -8,7 +9,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 )
 
@@ -25,16 +25,21 @@ func pathMetrics(b *backend) []*framework.Path {
 		Fields: map[string]*framework.FieldSchema{
 			"format": {
 				Type:          framework.TypeString,
-				Description:   "json (the default) or prometheus (text exposition format).",
-				AllowedValues: []any{"json", "prometheus"},
+				Description:   "prometheus, the text exposition format (the only one: json was dropped). Optional; scrape configs that send it keep working.",
+				AllowedValues: []any{"prometheus"},
+				Default:       "prometheus",
 				Query:         true,
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback:  b.pathMetricsRead,
-				Summary:   "The engine's refresh counters, latency, and each account's refresh token expiry.",
-				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: metricsResponseFields}}},
+				Callback:    b.pathMetricsRead,
+				Summary:     "The engine's refresh counters, latency, and each account's refresh token expiry.",
+				Description: "The body is Prometheus' text exposition format, not JSON: with the vault CLI, read it with `vault read -format=raw`.",
+				// A raw body, as Vault's own sys/metrics: no fields.
+				Responses: map[int][]framework.Response{http.StatusOK: {{
+					Description: "success: the metrics in Prometheus' text exposition format (`text/plain; version=0.0.4`), as the body",
+				}}},
 			},
 		},
 		HelpSynopsis:    pathMetricsHelpSyn,
@@ -42,28 +47,18 @@ func pathMetrics(b *backend) []*framework.Path {
 	}}
 }
 
-var metricsResponseFields = map[string]*framework.FieldSchema{
-	"refreshes":                           {Type: framework.TypeMap, Description: "Refresh grants by outcome."},
-	"chains_lost":                         {Type: framework.TypeMap, Description: "Chains found gone, by how."},
-	"chains_recovered":                    {Type: framework.TypeInt64, Description: "New chains started with a kept password."},
-	"password_grants":                     {Type: framework.TypeMap, Description: "Password grants (account writes, re-bootstraps) by outcome."},
-	"refresh_seconds_count":               {Type: framework.TypeInt64, Description: "How many refresh grants the latency histogram holds."},
-	"refresh_seconds_sum":                 {Type: framework.TypeFloat, Description: "Total time of those refresh grants, in seconds."},
-	"refresh_token_expires_in_seconds":    {Type: framework.TypeMap, Description: "Per account: seconds until its refresh token expires."},
-	"last_rotation_timestamp_seconds":     {Type: framework.TypeMap, Description: "Per account: Unix time of its last successful grant."},
-	"rotation_period_seconds":             {Type: framework.TypeMap, Description: "Per account not in needs_reauth: its rotation period in seconds."},
-	"accounts_by_state":                   {Type: framework.TypeMap, Description: "Accounts known to this node, by state (active, needs_reauth)."},
-	"refresh_seconds_bucket_upper_bounds": {Type: framework.TypeSlice, Description: "Upper bounds, in seconds, of the latency histogram's buckets."},
-	"refresh_seconds_buckets":             {Type: framework.TypeSlice, Description: "Cumulative count of refresh grants per bucket, in the order of refresh_seconds_bucket_upper_bounds."},
-}
-
 // prometheusFormat is the content type of the text exposition format.
 var prometheusFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
 
-func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	f, format := &fieldReader{d: d, err: unknownFields(d)}, ""
-	if v, _ := d.GetOk("format"); v != "" { // empty is the default, json
-		f.str("format", &format)
+func (b *backend) pathMetricsRead(_ context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	f := &fieldReader{d: d, err: unknownFields(d)}
+	v, _ := d.GetOk("format")
+	switch s, _ := v.(string); {
+	case strings.EqualFold(strings.TrimSpace(s), "json"):
+		f.err = cmp.Or(f.err, fieldError("format", "json was dropped: the metrics are in Prometheus' text format only. Read them with "+
+			`vault read -format=raw %smetrics, or curl -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/%smetrics"`, req.MountPoint, req.MountPoint))
+	case s != "": // empty is the default, prometheus
+		f.str("format", new(string))
 	}
 	if f.err != nil {
 		return logical.ErrorResponse(f.err.Error()), nil
@@ -71,9 +66,6 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	families, err := b.metrics.registry.Gather()
 	if err != nil {
 		return nil, fmt.Errorf("gathering metrics: %w", err)
-	}
-	if format != "prometheus" {
-		return &logical.Response{Data: metricsJSON(families)}, nil
 	}
 	var sb strings.Builder
 	enc := expfmt.NewEncoder(&sb, prometheusFormat)
@@ -89,80 +81,17 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	}}, nil
 }
 
-// metricsJSON gives the gathered families as the fields of
-// metricsResponseFields; every field is there, even with no series.
-func metricsJSON(families []*dto.MetricFamily) map[string]any {
-	data := map[string]any{
-		"refreshes":                           map[string]any{},
-		"chains_lost":                         map[string]any{},
-		"chains_recovered":                    int64(0),
-		"password_grants":                     map[string]any{},
-		"refresh_seconds_count":               int64(0),
-		"refresh_seconds_sum":                 float64(0),
-		"refresh_seconds_bucket_upper_bounds": []any{},
-		"refresh_seconds_buckets":             []any{},
-		"refresh_token_expires_in_seconds":    map[string]any{},
-		"last_rotation_timestamp_seconds":     map[string]any{},
-		"rotation_period_seconds":             map[string]any{},
-		"accounts_by_state":                   map[string]any{},
-	}
-	fields := map[string]string{
-		metricRefreshes:      "refreshes",
-		metricChainsLost:     "chains_lost",
-		metricPasswordGrants: "password_grants",
-		metricExpiresIn:      "refresh_token_expires_in_seconds",
-		metricLastRotation:   "last_rotation_timestamp_seconds",
-		metricRotationPeriod: "rotation_period_seconds",
-		metricAccounts:       "accounts_by_state",
-	}
-	for _, f := range families {
-		switch name := f.GetName(); name {
-		case metricChainsRecovered:
-			for _, m := range f.GetMetric() {
-				data["chains_recovered"] = int64(m.GetCounter().GetValue())
-			}
-		case metricRefreshDuration:
-			for _, m := range f.GetMetric() {
-				h := m.GetHistogram()
-				bounds := make([]any, 0, len(h.GetBucket()))
-				buckets := make([]any, 0, len(h.GetBucket()))
-				for _, bk := range h.GetBucket() {
-					bounds = append(bounds, bk.GetUpperBound())
-					buckets = append(buckets, int64(bk.GetCumulativeCount()))
-				}
-				data["refresh_seconds_count"] = int64(h.GetSampleCount())
-				data["refresh_seconds_sum"] = h.GetSampleSum()
-				data["refresh_seconds_bucket_upper_bounds"] = bounds
-				data["refresh_seconds_buckets"] = buckets
-			}
-		default:
-			field, ok := fields[name]
-			if !ok {
-				continue
-			}
-			byLabel := data[field].(map[string]any)
-			for _, m := range f.GetMetric() {
-				v := m.GetGauge().GetValue()
-				if f.GetType() == dto.MetricType_COUNTER {
-					v = m.GetCounter().GetValue()
-				}
-				// Each of these families has one label.
-				byLabel[m.GetLabel()[0].GetValue()] = int64(v)
-			}
-		}
-	}
-	return data
-}
-
 const pathMetricsHelpSyn = `The engine's own metrics: refreshes by outcome, chains lost and recovered, refresh latency, refresh token expiry.`
 
 const pathMetricsHelpDesc = `
 Vault does not collect the metrics of external plugins, so the engine serves
 its own here, for the node that answers (the active node, for anything that
-refreshes). Read with format=prometheus for Prometheus' text format:
+refreshes), in Prometheus' text exposition format, the only one (format=json
+was dropped; format=prometheus is accepted). The body is not JSON: the vault
+CLI prints it with -format=raw.
 
-  vault read ermeo/metrics
-  curl -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/ermeo/metrics?format=prometheus"
+  vault read -format=raw ermeo/metrics
+  curl -H "X-Vault-Token: $VAULT_TOKEN" "$VAULT_ADDR/v1/ermeo/metrics"
 
 ermeo_refreshes_total{outcome}: refreshes by outcome (success, rejected,
 chain_gone, unknown; storage_refused when storage refused a write and nothing

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -371,19 +372,44 @@ func TestVaultSeesTheEngineAsOperatorsExpect(t *testing.T) {
 		}
 	}
 
-	r = e.c.NewRequest("GET", "/v1/"+e.mount+"/metrics")
-	r.Params.Set("format", "prometheus")
-	resp, err = e.c.RawRequest(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := new(strings.Builder)
-	_, _ = io.Copy(body, resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{`ermeo_refreshes_total{outcome="success"} 1`, `ermeo_refresh_token_expires_in_seconds{account="app"}`} {
-		if !strings.Contains(body.String(), want) {
-			t.Errorf("metrics over HTTP lack %q:\n%s", want, body)
+	// The metrics are Prometheus' text, with format=prometheus (as scrape
+	// configs send it) or without; the vault CLI prints it with -format=raw.
+	bodies := map[string]string{}
+	for _, format := range []string{"prometheus", ""} {
+		r = e.c.NewRequest("GET", "/v1/"+e.mount+"/metrics")
+		if format != "" {
+			r.Params.Set("format", format)
 		}
+		resp, err = e.c.RawRequest(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := new(strings.Builder)
+		_, _ = io.Copy(body, resp.Body)
+		resp.Body.Close()
+		bodies["GET ?format="+format] = body.String()
+	}
+	bin, why := FindVault()
+	if bin == "" {
+		t.Fatal(why)
+	}
+	cmd := exec.Command(bin, "read", "-format=raw", e.mount+"/metrics")
+	cmd.Env = append(cleanEnv(), "HOME="+t.TempDir(), "VAULT_ADDR="+vault.Addr, "VAULT_TOKEN="+vault.Token)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Errorf("vault read -format=raw %s/metrics: %v\n%s", e.mount, err, out)
+	}
+	bodies["vault read -format=raw"] = string(out)
+	for how, body := range bodies {
+		for _, want := range []string{`ermeo_refreshes_total{outcome="success"} 1`, `ermeo_refresh_token_expires_in_seconds{account="app"}`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics (%s) lack %q:\n%s", how, want, body)
+			}
+		}
+	}
+	_, err = e.c.Logical().ReadWithData(e.mount+"/metrics", map[string][]string{"format": {"json"}})
+	if statusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "vault read -format=raw "+e.mount+"/metrics") {
+		t.Errorf("format=json: want a 400 naming vault read -format=raw, got %v", err)
 	}
 }
 
