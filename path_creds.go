@@ -2,10 +2,10 @@ package ermeosecrets
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -217,23 +217,11 @@ func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ 
 	return resp, nil
 }
 
-// internalUint reads a number from a lease's internal data, which comes back
-// from Vault's storage as a JSON number.
+// internalUint reads a whole number from a lease's internal data: as stored,
+// or as a JSON number read back from Vault's storage.
 func internalUint(v any) (uint64, bool) {
-	switch n := v.(type) {
-	case uint64:
-		return n, true
-	case int:
-		return uint64(n), n >= 0
-	case int64:
-		return uint64(n), n >= 0
-	case float64:
-		return uint64(n), n >= 0
-	case json.Number:
-		i, err := n.Int64()
-		return uint64(i), err == nil && i >= 0
-	}
-	return 0, false
+	n, err := strconv.ParseUint(fmt.Sprint(v), 10, 64)
+	return n, err == nil
 }
 
 // leaseTTL is the lease for a token with remaining life: it ends when the
@@ -354,26 +342,18 @@ const pathCredsHelpDesc = `
 Returns access_token, token_type (Bearer), expires_at and expires_in. Send the
 token to Ermeo as the header "Authorization: Bearer <access_token>".
 
-A token with at least the account's min_ttl of life left is returned as it is,
-without calling Ermeo. Otherwise the account's refresh chain is rotated first,
-under the account's lock: many readers at once cause one refresh.
-
-The token comes with a lease of half of min_ttl, renewable by that step up to
-half of min_ttl before the token expires and never past it; renewals come back
-shorter only once the token is past its usable end (min_ttl before it
-expires), so that Vault Agent and Vault Proxy, which renew the lease and read
-again once a renewal comes back short, read again when the next read
-refreshes: Proxy caches one answer per token. A read in the last 2 seconds
-before the usable end, or of a token with less than min_ttl left, gets a
-non-renewable lease of half the token's remaining life. A renewal of a lease
-whose token was replaced lasts one second, with a warning. Revoking the lease
-does nothing at Ermeo (Ermeo has no revocation): the token stays valid until
-it expires. For an account written with lease=false there is no lease; a ttl
-field says when to read again, as with Vault's static credentials.
-
-If a refresh fails while the current token is still valid, that token is
-served with a warning. If the account's chain is gone, the error says which
+A token with at least the account's min_ttl of life left is returned without
+calling Ermeo; otherwise the account's chain is rotated first, under its lock
+(many readers at once cause one refresh). If the refresh fails, a token still
+valid is served with a warning; if the chain is gone, the error says which
 command restarts it.
+
+The lease is renewable by half of min_ttl up to half of min_ttl before the
+token expires, never past it, so that Vault Agent and Vault Proxy read again
+when the next read refreshes (docs/leases.md in the plugin's repository has
+the schedule). Revoking it does nothing at Ermeo, which has no revocation. An
+account written with lease=false answers without a lease, with a ttl field
+that says when to read again, as Vault's static credentials do.
 
 Example:
   vault read ermeo/creds/app

@@ -25,17 +25,16 @@ import (
 //     time) to storage. If that write fails, nothing is sent.
 //  3. Send the refresh on a context detached from the caller's, bounded by
 //     request_timeout: a caller who gives up does not cancel it.
-//  4. Apply the outcome (outcomes, below): a new pair is stored, with the
-//     intent cleared, in one write before its access token is handed to
-//     anyone (kept in memory if storage refuses it); a refused token
-//     (invalid_grant) means the chain is gone: re-bootstrap with a kept
-//     password, or mark the account needs_reauth; no answer means the token
-//     may be spent: the intent stays, and the next refresh finds out.
+//  4. Apply the outcome (applyOutcomeLocked): a new pair and the cleared
+//     intent are stored in one write before the access token is handed out
+//     (kept in memory if storage refuses it); invalid_grant means the chain
+//     is gone (re-bootstrap with a kept password, or needs_reauth); no answer
+//     means the token may be spent: the intent stays, the next refresh finds out.
 //
-// Every grant (a refresh, a re-bootstrap with the kept password, an adopted
-// refresh token, an operator's password, the config credentials check) goes
-// through grant, which classifies Ermeo's answer once; outcomes says what
-// each kind of outcome means.
+// Every grant (refresh, re-bootstrap with the kept password, adoption, an
+// operator's password, the config credentials check) goes through grant,
+// which classifies Ermeo's answer once; the outcomes table says what each
+// outcome does.
 
 // outcomeKind is what one grant, or the refresh around it, came to.
 type outcomeKind int
@@ -90,9 +89,8 @@ type grantResult struct {
 	sentAt time.Time // when the request was sent, from which the new tokens' lives count
 }
 
-// grant sends one grant to Ermeo, detached from the caller and bounded by
-// request_timeout (a caller who gives up does not cancel a refresh in
-// flight), classifies its answer and counts it.
+// grant sends one grant to Ermeo, detached from the caller (who may give up)
+// and bounded by request_timeout, classifies the answer and counts it.
 func (b *backend) grant(ctx context.Context, cfg *configEntry, client *ermeo.Client, g grantKind, username, secret string) grantResult {
 	gctx, cancel := upstreamContext(ctx, cfg)
 	defer cancel()
@@ -145,8 +143,7 @@ type accountOp struct {
 	force bool
 }
 
-// withClient returns op with cfg's Ermeo client: the entry points of the
-// grants (rotateLocked, adoptLocked, startChainLocked) call it once.
+// withClient returns op with cfg's Ermeo client (set once per operation).
 func (b *backend) withClient(op accountOp) (accountOp, error) {
 	var err error
 	op.client, err = b.client(op.cfg)
@@ -245,11 +242,10 @@ func (b *backend) rotateLocked(ctx context.Context, op accountOp, a *accountEntr
 	return b.applyOutcomeLocked(ctx, op, next, res, intent.Attempts)
 }
 
-// applyOutcomeLocked records what a refresh came to, as outcomes says: the
-// account's stored state, the log line, the event, the backoff, and the
-// caller's error. next is the account as the attempt left it (with its
-// intent record); attempts counts the sends of its refresh token. Called with
-// the account's lock held.
+// applyOutcomeLocked records what a refresh came to, as outcomes says: stored
+// state, log line, event, backoff, and the caller's error. next is the
+// account with its intent record; attempts counts the sends of its refresh
+// token. Called with the account's lock held.
 func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *accountEntry, res grantResult, attempts int) (*accountEntry, error) {
 	rule, now := outcomes[res.kind], b.now()
 	if res.kind == outcomeGranted {
@@ -414,15 +410,11 @@ func (b *backend) rebootstrapLocked(ctx context.Context, op accountOp, a *accoun
 	return next, requestError(http.StatusBadGateway, needsReauth(op.mount, op.name, reason))
 }
 
-// adoptLocked spends a refresh token that an operator gave (a chain they
-// already hold) for a new pair, and stores it as the account's chain: a
-// onto which the pair is recorded is the account as the write wants it.
-// Nothing stored changes until the new pair is in hand: a refused token, a
-// refused client or a refresh that got no answer leave the account's current
-// chain, access token, kept password and schedule exactly as they were. The
-// given token is not the stored one, so no intent record is needed: if the
-// answer is lost, only the token given is lost, and the error says so.
-// Called with the account's lock held.
+// adoptLocked spends a refresh token an operator gave (a chain they hold) for
+// a new pair, stored onto a (the account as the write wants it). Nothing
+// stored changes until the pair is in hand, and the token is not the stored
+// one, so no intent record is needed: a lost answer loses only the token
+// given, and the error says so. Called with the account's lock held.
 func (b *backend) adoptLocked(ctx context.Context, op accountOp, a *accountEntry, refreshToken string) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	op, err := b.withClient(op)
@@ -450,13 +442,11 @@ func (b *backend) adoptLocked(ctx context.Context, op accountOp, a *accountEntry
 	return next, nil
 }
 
-// startChainLocked starts a new chain for the account a (as the write wants
-// it) with a password grant, and stores it; with keep, the password is kept
-// (seal-wrapped) for re-bootstraps. Nothing stored changes when the grant
-// fails, or when the lifetime Ermeo gives the tokens makes the account's
-// min_ttl impossible, or when storage refuses the new chain (a password grant
-// revokes nothing, so the unused pair is no loss). Called with the account's
-// lock held.
+// startChainLocked starts a new chain for a (as the write wants it) with a
+// password grant, kept (seal-wrapped) for re-bootstraps with keep. Nothing
+// stored changes if the grant fails, the tokens' lifetime makes min_ttl
+// impossible, or storage refuses the chain (a password grant revokes nothing,
+// so the unused pair is no loss). Called with the account's lock held.
 func (b *backend) startChainLocked(ctx context.Context, op accountOp, a *accountEntry, password string, keep bool) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	op, err := b.withClient(op)
@@ -538,9 +528,8 @@ func (b *backend) checkCredentials(ctx context.Context, c *configEntry) (ermeo.B
 	return "", requestError(http.StatusBadRequest, "Ermeo refused the credentials check: "+ermeo.Message(res.err)+skip)
 }
 
-// statusError is a failure that the caller sees with its own HTTP status and
-// message (see errorResponse): a 400 for what an operator can fix, a 502 for
-// what Ermeo did or did not answer, a 404 for an account that is not there.
+// statusError is a failure the caller sees with its HTTP status (errorResponse):
+// 400 for what an operator can fix, 502 for Ermeo's part, 404 for no account.
 type statusError struct {
 	code int
 	msg  string
@@ -556,11 +545,10 @@ func needsReauth(mount, name, reason string) string {
 		name, reason, mount, name)
 }
 
-// errorResponse turns a handler's error into what the caller sees: a 400
-// (logical.ErrorResponse), another status of its own (with Vault's
-// {"errors": [...]} body, without the "1 error occurred" wrapping Vault gives
-// coded errors), or the error itself (a 500, or logical.ErrReadOnly, which
-// Vault forwards).
+// errorResponse turns a handler's error into what the caller sees: a 400, its
+// own status with Vault's {"errors": [...]} body (without the "1 error
+// occurred" Vault wraps coded errors in), or the error itself (a 500, or
+// logical.ErrReadOnly, which Vault forwards).
 func errorResponse(err error) (*logical.Response, error) {
 	var se *statusError
 	switch {
