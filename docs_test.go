@@ -511,9 +511,9 @@ func checkExample(key string, dp docPath, op logical.Operation, ex apiExample) [
 		d := &framework.FieldData{Raw: map[string]any{f: v}, Schema: dp.path.Fields}
 		r := &fieldReader{d: d, err: d.Validate()}
 		if r.err == nil && s.Type == framework.TypeDurationSecond {
-			r.duration(f, new(time.Duration))
+			r.duration(f)
 		} else if r.err == nil && s.Type == framework.TypeString {
-			r.str(f, new(string))
+			r.str(f)
 		}
 		if r.err != nil {
 			problems = append(problems, fmt.Sprintf("exampleValues[%q]: %v", f, r.err))

@@ -54,8 +54,7 @@ func pathAccounts(b *backend) []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{"name": accountNameField},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountRotate), "Rotate the account's refresh chain now.",
-					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
+				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountRotate), "Rotate the account's refresh chain now.", accountResponses),
 			},
 			HelpSynopsis:    pathAccountRotateHelpSyn,
 			HelpDescription: pathAccountRotateHelpDesc,
@@ -69,58 +68,37 @@ func pathAccounts(b *backend) []*framework.Path {
 				ItemType:        "Account",
 			},
 			Fields: map[string]*framework.FieldSchema{
-				"name": accountNameField,
-				"username": {
-					Type:        framework.TypeString,
-					Description: "The Ermeo username (e-mail) of the account. Required when the account is created.",
-				},
-				"password": {
-					Type:         framework.TypeString,
-					Description:  "The Ermeo password, used once for a password grant that starts a new refresh chain, then forgotten unless store_password=true. Write-only.",
-					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-				},
-				"store_password": {
-					Type:        framework.TypeBool,
-					Description: "Keep the password (seal-wrapped) so that a lost chain is restarted without an operator. Ermeo calls keeping passwords a bad practice; off by default.",
-					Default:     false,
-				},
-				"refresh_token": {
-					Type:         framework.TypeString,
-					Description:  "Adopt an existing refresh chain instead of giving a password: the token is spent at once for a new pair, which verifies it. Write-only.",
-					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-				},
-				"min_ttl": {
-					Type:        framework.TypeDurationSecond,
-					Description: "The least life an access token handed out by creds/<name> has left; a token with less is refreshed first. Defaults to config's default_min_ttl.",
-				},
-				"rotation_period": {
-					Type:        framework.TypeDurationSecond,
-					Description: "Rotate an idle chain once its refresh token is this old (at most 13 days: refresh tokens live 2 weeks). Defaults to config's default_rotation_period.",
-				},
-				"lease": {
-					Type:        framework.TypeBool,
-					Description: "Whether creds/<name> returns a lease. With lease=false it returns no lease, and a ttl field that tells Vault Agent when to read again, as Vault's static credentials do; reads are then cheaper for Vault. Defaults to config's default_lease (true).",
-				},
+				"name":            accountNameField,
+				"username":        {Type: framework.TypeString, Description: "The Ermeo username (e-mail). Required to create the account."},
+				"password":        {Type: framework.TypeString, DisplayAttrs: &framework.DisplayAttributes{Sensitive: true}, Description: "The Ermeo password: used once, for a password grant that starts a new refresh chain, then forgotten unless store_password=true. Write-only."},
+				"store_password":  {Type: framework.TypeBool, Default: false, Description: "Keep the password (seal-wrapped), so that a lost chain restarts without an operator. Ermeo calls keeping passwords a bad practice."},
+				"refresh_token":   {Type: framework.TypeString, DisplayAttrs: &framework.DisplayAttributes{Sensitive: true}, Description: "Adopt a refresh chain you hold instead of giving a password: the token is spent at once for a new pair, which proves it works. Write-only."},
+				"min_ttl":         {Type: framework.TypeDurationSecond, Description: "The least life a token handed out by creds/<name> has left; one with less is refreshed first. Defaults to config's default_min_ttl."},
+				"rotation_period": {Type: framework.TypeDurationSecond, Description: "Rotate an idle chain once its refresh token is this old (at most 13 days: refresh tokens live 2 weeks). Defaults to config's default_rotation_period."},
+				"lease":           {Type: framework.TypeBool, Description: "Whether creds/<name> returns a lease; with false, only a ttl field that tells Vault Agent when to read again, as Vault's static credentials do (cheaper for Vault). Defaults to config's default_lease."},
 			},
 			ExistenceCheck: b.pathAccountExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
 					Callback:  withAccountName(b.pathAccountRead),
 					Summary:   "Read the account's status (never a secret).",
-					Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}},
+					Responses: accountResponses,
 				},
-				logical.CreateOperation: forwardedWrite(withAccountName(b.pathAccountWrite), "Create the account: start its refresh chain with a password grant (or adopt a refresh token).",
-					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
-				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountWrite), "Change the account's settings, or restart its chain with a new password.",
-					map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}),
-				logical.DeleteOperation: forwardedWrite(withAccountName(b.pathAccountDelete), "Forget the account, its refresh chain and any kept password.",
-					map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
+				logical.CreateOperation: forwardedWrite(withAccountName(b.pathAccountWrite),
+					"Create the account: start its refresh chain with a password grant (or adopt a refresh token).", accountResponses),
+				logical.UpdateOperation: forwardedWrite(withAccountName(b.pathAccountWrite),
+					"Change the account's settings, or restart its chain with a new password.", accountResponses),
+				logical.DeleteOperation: forwardedWrite(withAccountName(b.pathAccountDelete),
+					"Forget the account, its refresh chain and any kept password.", noContentResponses),
 			},
 			HelpSynopsis:    pathAccountHelpSyn,
 			HelpDescription: pathAccountHelpDesc,
 		},
 	}
 }
+
+// accountResponses are the answer of a read or write of an account: its status.
+var accountResponses = map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: accountResponseFields}}}
 
 var accountResponseFields = map[string]*framework.FieldSchema{
 	"name":                     {Type: framework.TypeString, Required: true, Description: "Name of the account."},
@@ -177,57 +155,48 @@ func (b *backend) pathAccountRead(ctx context.Context, req *logical.Request, d *
 	return &logical.Response{Data: accountView(name, a, cfg)}, nil
 }
 
-// accountRequest is what a write to accounts/<name> asks for.
+// accountRequest is what a write to accounts/<name> asks for; nil is a field not given.
 type accountRequest struct {
-	username, password, refreshToken string
-	hasUsername, hasPassword         bool
-	hasRefreshToken                  bool
-	storePassword, hasStorePassword  bool
-	minTTL, rotationPeriod           time.Duration
-	hasMinTTL, hasRotationPeriod     bool
-	lease, hasLease                  bool
-	// trimmed are the credential fields whose trailing line ending was removed.
-	trimmed []string
+	username, password, refreshToken *string
+	minTTL, rotationPeriod           *time.Duration
+	storePassword, lease             *bool
+	trimmed                          []string // the credentials that lost a trailing line ending
 }
 
 // parseAccountRequest reads a write's fields; the first that fails is the 400.
 func parseAccountRequest(d *framework.FieldData) (*accountRequest, error) {
-	r, f := &accountRequest{}, &fieldReader{d: d, err: unknownFields(d)}
-	r.hasUsername = f.str("username", &r.username)
-	r.hasPassword = f.str("password", &r.password)
-	r.hasRefreshToken = f.str("refresh_token", &r.refreshToken)
-	r.hasMinTTL = f.duration("min_ttl", &r.minTTL)
-	r.hasRotationPeriod = f.duration("rotation_period", &r.rotationPeriod)
-	if v, ok := d.GetOk("store_password"); ok {
-		r.storePassword, r.hasStorePassword = v.(bool), true
-	}
-	if v, ok := d.GetOk("lease"); ok {
-		r.lease, r.hasLease = v.(bool), true
+	f := &fieldReader{d: d, err: unknownFields(d)}
+	r := &accountRequest{
+		username: f.str("username"), password: f.str("password"), refreshToken: f.str("refresh_token"),
+		minTTL: f.duration("min_ttl"), rotationPeriod: f.duration("rotation_period"),
+		storePassword: f.boolean("store_password"), lease: f.boolean("lease"),
 	}
 	switch {
 	case f.err != nil:
 		return nil, f.err
-	case r.hasPassword && r.hasRefreshToken:
+	case r.password != nil && r.refreshToken != nil:
 		return nil, fieldError("password, refresh_token", "give one or the other, not both")
 	}
 	r.trimmed = f.trimmed
 	return r, nil
 }
 
+// newChain says whether the write starts a new chain: it gives a password or a refresh token.
+func (r *accountRequest) newChain() bool { return r.password != nil || r.refreshToken != nil }
+
 // validate checks the request against the account as stored (nil when it is
 // new), and returns the 400's message, or "".
 func (r *accountRequest) validate(old *accountEntry, cfg *configEntry) string {
 	switch {
-	case old == nil && !r.hasUsername:
+	case old == nil && r.username == nil:
 		return "username: required to create an account"
-	case old == nil && !r.hasPassword && !r.hasRefreshToken:
+	case old == nil && !r.newChain():
 		return "password: required to create an account (or refresh_token, to adopt an existing chain)"
-	case old != nil && r.hasUsername && r.username != old.Username && !r.hasPassword && !r.hasRefreshToken:
+	case old != nil && r.username != nil && *r.username != old.Username && !r.newChain():
 		return "username: changing it needs the new account's password too"
-	case r.hasStorePassword && r.storePassword && !r.hasPassword && (old == nil || !old.PasswordKept):
+	case r.storePassword != nil && *r.storePassword && r.password == nil && (old == nil || !old.PasswordKept):
 		return "store_password: true needs the password in the same write"
-	}
-	if old != nil && !r.hasPassword && !r.hasRefreshToken {
+	case old != nil && !r.newChain():
 		// The chain stays: its token lifetime is known.
 		return minTTLError(r.settings(old), cfg, old.AccessTokenLifetime)
 	}
@@ -235,44 +204,28 @@ func (r *accountRequest) validate(old *accountEntry, cfg *configEntry) string {
 }
 
 // settings returns a copy of the account (a new one when a is nil) with the
-// request's settings applied; its chain is untouched.
+// request's settings applied; its chain is untouched. A new chain keeps a
+// password only when store_password says so again.
 func (r *accountRequest) settings(a *accountEntry) *accountEntry {
 	next := &accountEntry{Version: accountVersion, State: stateActive}
 	if a != nil {
-		c := *a
-		next = &c
+		next = a.clone()
 	}
-	if r.hasUsername {
-		next.Username = r.username
+	setIf(&next.Username, r.username)
+	setIf(&next.MinTTL, r.minTTL)
+	setIf(&next.RotationPeriod, r.rotationPeriod)
+	if r.lease != nil {
+		next.Lease = r.lease
 	}
-	if r.hasMinTTL {
-		next.MinTTL = r.minTTL
+	if r.newChain() {
+		next.PasswordKept = false
 	}
-	if r.hasRotationPeriod {
-		next.RotationPeriod = r.rotationPeriod
-	}
-	if r.hasLease {
-		lease := r.lease
-		next.Lease = &lease
-	}
+	setIf(&next.PasswordKept, r.storePassword)
 	return next
 }
 
-// keepPassword says whether the account keeps a password after the write.
-func (r *accountRequest) keepPassword(old *accountEntry) bool {
-	switch {
-	case r.hasStorePassword:
-		return r.storePassword
-	case r.hasPassword || r.hasRefreshToken:
-		// A new chain from a new secret: keep a password only if asked again.
-		return false
-	default:
-		return old != nil && old.PasswordKept
-	}
-}
-
 func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error) {
-	// Read the request (the name is checked by withAccountName).
+	// Read the request (withAccountName checked the name), config and the account.
 	r, err := parseAccountRequest(d)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
@@ -282,12 +235,11 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	if cfg == nil {
-		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=- first", req.MountPoint), nil
+		return noConfigResponse(req.MountPoint), nil
 	}
-	if (r.hasPassword || r.hasRefreshToken) && !b.WriteSafeReplicationState() {
+	if r.newChain() && !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
 	}
-
 	lock := b.store.lock(name)
 	lock.Lock()
 	defer lock.Unlock()
@@ -303,77 +255,61 @@ func (b *backend) pathAccountWrite(ctx context.Context, req *logical.Request, d 
 
 	// Act: nothing stored changes until a new chain is in hand.
 	ctx = context.WithoutCancel(ctx)
-	rot := accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}
+	op := accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}
 	a := r.settings(old)
-	keep := r.keepPassword(old)
-	var next *accountEntry
+	next := a
 	switch {
-	case r.hasPassword:
-		next, err = b.startChainLocked(ctx, rot, a, r.password, keep)
-	case r.hasRefreshToken:
-		a.PasswordKept = keep
-		next, err = b.adoptLocked(ctx, rot, a, r.refreshToken)
+	case r.password != nil:
+		next, err = b.startChainLocked(ctx, op, a, *r.password, a.PasswordKept)
+	case r.refreshToken != nil:
+		next, err = b.adoptLocked(ctx, op, a, *r.refreshToken)
 	default:
-		a.PasswordKept = keep
 		err = b.store.put(ctx, req.Storage, name, a, failWrite)
-		next = a
 	}
 	if err != nil {
 		return errorResponse(err)
 	}
-	if old != nil && old.PasswordKept && !keep {
+	if old != nil && old.PasswordKept && !next.PasswordKept {
 		if err := deletePassword(ctx, req.Storage, name); err != nil {
 			return nil, err
 		}
 	}
-	resp := &logical.Response{}
-	if r.hasRefreshToken {
-		// The adopted chain is stored whatever its lifetime: it is the only
-		// link there is. A min_ttl it makes too long is said, and the read
-		// guard (see accessToken) keeps it from refreshing on every read.
+	var checkWarnings []string
+	if r.newChain() {
+		checkWarnings = b.checkAccountLocked(ctx, op, next)
+	}
+
+	// Respond.
+	resp := &logical.Response{Data: accountView(name, next, cfg)}
+	if r.refreshToken != nil {
+		// An adopted chain is stored whatever its lifetime: it is the only link
+		// there is. The read guard (see accessToken) keeps a min_ttl it makes
+		// too long from refreshing on every read.
 		if msg := minTTLError(next, cfg, next.AccessTokenLifetime); msg != "" {
 			resp.AddWarning("the chain is adopted, but " + msg)
 		}
 	}
-	if r.hasPassword || r.hasRefreshToken {
-		resp.Warnings = append(resp.Warnings, b.checkAccountLocked(ctx, rot, next)...)
-	}
-
-	// Respond.
+	resp.Warnings = append(resp.Warnings, checkWarnings...)
 	if len(r.trimmed) > 0 {
 		resp.AddWarning(trimmedWarning(r.trimmed))
 	}
-	resp.Data = accountView(name, next, cfg)
 	return resp, nil
 }
 
-// checkAccountLocked checks a new chain with Ermeo's profile route and, when
-// that passes, stores whose account it is; a failed check is a warning.
-// Called with the account's lock held, after the chain is stored.
-func (b *backend) checkAccountLocked(ctx context.Context, r accountOp, a *accountEntry) []string {
-	if !r.cfg.VerifyAccounts {
+// checkAccountLocked calls Ermeo's GET /api/v1/profile with a new chain's access
+// token, which proves the token works for the API, and stores whose account it is.
+// A failed check is a warning: the chain itself is good, and stored. Off with
+// config's verify_accounts=false (air-gapped setups). Called with the account's lock held.
+func (b *backend) checkAccountLocked(ctx context.Context, op accountOp, a *accountEntry) []string {
+	if !op.cfg.VerifyAccounts {
 		return nil
 	}
-	client, err := b.client(r.cfg)
+	op, err := b.withClient(op)
 	if err != nil {
 		return []string{"the new refresh chain is stored, but its profile was not checked: " + err.Error()}
 	}
-	if warnings := b.checkAccount(ctx, r.cfg, client, a); len(warnings) > 0 {
-		return warnings
-	}
-	if err := b.store.put(ctx, r.storage, r.name, a, keepUnsaved); err != nil {
-		return []string{"the new refresh chain is stored, but not whose account it is: " + err.Error()}
-	}
-	return nil
-}
-
-// checkAccount calls Ermeo's GET /api/v1/profile with a new chain's access
-// token, which proves the token works for the API, and records whose account
-// it is. A failed check is a warning: the chain itself is good. Off with
-// config's verify_accounts=false (air-gapped setups; see checkAccountLocked).
-func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *ermeo.Client, a *accountEntry) []string {
-	pctx, cancel := upstreamContext(ctx, cfg)
-	profile, err := client.Profile(pctx, a.AccessToken)
+	pctx, cancel := upstreamContext(ctx, op.cfg)
+	profile, err := op.client.Profile(pctx, a.AccessToken)
 	cancel()
 	if err != nil {
 		return []string{"the new refresh chain is stored, but Ermeo's GET /api/v1/profile refused its access token: " + ermeo.Message(err) +
@@ -387,6 +323,9 @@ func (b *backend) checkAccount(ctx context.Context, cfg *configEntry, client *er
 		a.ErmeoEmail = truncate(email, 256)
 	}
 	a.CheckedAt = b.now()
+	if err := b.store.put(ctx, op.storage, op.name, a, keepUnsaved); err != nil {
+		return []string{"the new refresh chain is stored, but not whose account it is: " + err.Error()}
+	}
 	return nil
 }
 
@@ -406,7 +345,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 		return nil, err
 	}
 	if cfg == nil {
-		return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=- first", req.MountPoint), nil
+		return noConfigResponse(req.MountPoint), nil
 	}
 	if !b.WriteSafeReplicationState() {
 		return nil, logical.ErrReadOnly
@@ -433,39 +372,30 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 const pathAccountsListHelpSyn = `List the Ermeo accounts of this engine.`
 
 const pathAccountsListHelpDesc = `
-Each account holds one Ermeo user's refresh chain. Read creds/<name> for its
+Each account holds one Ermeo user's refresh chain: read creds/<name> for its
 access token, and accounts/<name> for its status.
 `
 
 const pathAccountHelpSyn = `Manage one Ermeo account: its username and its refresh chain.`
 
 const pathAccountHelpDesc = `
-Creating an account runs Ermeo's password grant once, with the username and
-password given, and stores the refresh token it returns. The password is then
-forgotten, unless store_password=true: a kept password lets the engine start a
-new chain by itself when the old one is lost. Instead of a password you may
-give a refresh_token to adopt a chain you already hold; it is spent at once.
+Creating an account runs Ermeo's password grant once and stores the refresh
+token it returns; the password is then forgotten, unless store_password=true
+keeps it to restart a lost chain. A refresh_token instead adopts a chain you
+hold. Writing a password to an existing account starts a new chain (as
+needs_reauth asks); other fields change only themselves. A read shows the
+account's status, never a secret. See docs/paths.md in the plugin's repository.
 
-Writing a password to an existing account starts a new chain (use this when
-the account's state is needs_reauth). Writing only min_ttl or rotation_period
-changes those settings.
-
-A read shows the account's status and never a secret: state (active or
-needs_reauth), whether a password is kept, the access token's expiry, the
-refresh token's issue and expiry times, the chain's generation, the last
-rotation and the last error.
-
-Examples:
+Example:
   vault write ermeo/accounts/app username=jane@example.com password=-
-  vault read ermeo/accounts/app
 `
 
 const pathAccountRotateHelpSyn = `Rotate the account's refresh chain now.`
 
 const pathAccountRotateHelpDesc = `
-Spends the account's current refresh token for a new access token and refresh
-token, under the account's lock, as a read of creds/<name> does when the access
-token is too old. Use it to test the chain, or after an incident.
+Spends the refresh token for a new pair, under the account's lock, as a read of
+creds/<name> does when the access token is too old: to test the chain, or after
+an incident.
 
 Example:
   vault write -f ermeo/accounts/app/rotate

@@ -3,6 +3,7 @@ package ermeosecrets
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -21,60 +22,17 @@ func pathConfig(b *backend) []*framework.Path {
 			OperationSuffix: "configuration",
 		},
 		Fields: map[string]*framework.FieldSchema{
-			"api_url": {
-				Type:        framework.TypeString,
-				Description: "Base URL of the Ermeo API. https is required, except for loopback test servers.",
-				Default:     ermeo.DefaultAPIURL,
-			},
-			"client_id": {
-				Type:        framework.TypeString,
-				Description: "OAuth client id of the Ermeo integration (of the form <number>_<random>). Required when config is first written.",
-			},
-			"client_secret": {
-				Type:         framework.TypeString,
-				Description:  "OAuth client secret of the Ermeo integration. Write-only: never returned. Required when config is first written.",
-				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-			},
-			"body_format": {
-				Type:          framework.TypeString,
-				Description:   "How token requests are encoded: auto (JSON, then the same grant form-encoded once if the server answers exactly what a form-only server answers to JSON, which spends nothing; the format that worked is remembered), json (as Ermeo documents) or form (as the stock OAuth server library reads).",
-				Default:       string(ermeo.BodyAuto),
-				AllowedValues: []any{string(ermeo.BodyAuto), string(ermeo.BodyJSON), string(ermeo.BodyForm)},
-			},
-			"ca_certificate": {
-				Type:        framework.TypeString,
-				Description: "PEM bundle of the CA certificates to trust for api_url, instead of the system's. TLS verification is always on; there is no option to skip it.",
-			},
-			"verify_connection": {
-				Type:        framework.TypeBool,
-				Description: "Check the client credentials with Ermeo when config is written: a refresh grant with a refresh token that cannot exist, which Ermeo answers invalid_client for bad credentials and invalid_grant for good ones, spending nothing. Turn off for air-gapped setups.",
-				Default:     true,
-			},
-			"verify_accounts": {
-				Type:        framework.TypeBool,
-				Description: "Check each new account's chain with Ermeo's GET /api/v1/profile and record whose account it is. Turn off where only the token endpoint is reachable.",
-				Default:     true,
-			},
-			"request_timeout": {
-				Type:        framework.TypeDurationSecond,
-				Description: "How long one call to Ermeo may take, from 1s to 5m.",
-				Default:     int(defaultRequestTimeout.Seconds()),
-			},
-			"default_min_ttl": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Default for accounts' min_ttl: the least life an access token handed out has left.",
-				Default:     int(defaultMinTTL.Seconds()),
-			},
-			"default_lease": {
-				Type:        framework.TypeBool,
-				Description: "Default for accounts' lease: whether creds/<name> answers with a lease (renewable by half of min_ttl, never past half of min_ttl before the token expires), or, with false, with no lease but a ttl field. An account's own lease setting wins.",
-				Default:     true,
-			},
-			"default_rotation_period": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Default for accounts' rotation_period: an idle chain is rotated once its refresh token is this old. At most 13 days (refresh tokens live 2 weeks).",
-				Default:     int(defaultRotationPeriod.Seconds()),
-			},
+			"api_url":                 {Type: framework.TypeString, Default: ermeo.DefaultAPIURL, Description: "Base URL of the Ermeo API: https, or http for a loopback test server."},
+			"client_id":               {Type: framework.TypeString, Description: "OAuth client id of the Ermeo integration (<number>_<random>). Required when config is first written."},
+			"client_secret":           {Type: framework.TypeString, DisplayAttrs: &framework.DisplayAttributes{Sensitive: true}, Description: "OAuth client secret of the Ermeo integration. Write-only. Required when config is first written."},
+			"body_format":             {Type: framework.TypeString, Default: string(ermeo.BodyAuto), AllowedValues: []any{string(ermeo.BodyAuto), string(ermeo.BodyJSON), string(ermeo.BodyForm)}, Description: "How token requests are encoded: json (as Ermeo documents), form (as the stock OAuth server library reads), or auto: JSON, then form once if the server answers as a form-only server does (which spends nothing), remembering what worked."},
+			"ca_certificate":          {Type: framework.TypeString, Description: "PEM bundle of the CAs to trust for api_url instead of the system's. TLS is always verified."},
+			"verify_connection":       {Type: framework.TypeBool, Default: true, Description: "Check the client credentials with Ermeo when config is written, by a refresh grant of a refresh token that cannot exist (invalid_client means bad credentials; nothing is spent). Turn off for air-gapped setups."},
+			"verify_accounts":         {Type: framework.TypeBool, Default: true, Description: "Check each new account's chain with Ermeo's GET /api/v1/profile and record whose account it is. Turn off where only the token endpoint is reachable."},
+			"request_timeout":         {Type: framework.TypeDurationSecond, Default: int(defaultRequestTimeout.Seconds()), Description: "How long one call to Ermeo may take."},
+			"default_min_ttl":         {Type: framework.TypeDurationSecond, Default: int(defaultMinTTL.Seconds()), Description: "Default for accounts' min_ttl: the least life a token handed out has left."},
+			"default_lease":           {Type: framework.TypeBool, Default: true, Description: "Default for accounts' lease: whether creds/<name> answers with a lease, or, with false, with a ttl field only."},
+			"default_rotation_period": {Type: framework.TypeDurationSecond, Default: int(defaultRotationPeriod.Seconds()), Description: "Default for accounts' rotation_period: an idle chain is rotated once its refresh token is this old (at most 13 days)."},
 		},
 		ExistenceCheck: b.pathConfigExists,
 		Operations: map[logical.Operation]framework.OperationHandler{
@@ -83,17 +41,18 @@ func pathConfig(b *backend) []*framework.Path {
 				Summary:   "Read the Ermeo connection settings (never the client secret).",
 				Responses: map[int][]framework.Response{http.StatusOK: {{Description: "OK", Fields: configResponseFields}}},
 			},
-			logical.CreateOperation: forwardedWrite(b.pathConfigWrite, "Configure the Ermeo connection.",
-				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
-			logical.UpdateOperation: forwardedWrite(b.pathConfigWrite, "Change the Ermeo connection; fields left out keep their value.",
-				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
-			logical.DeleteOperation: forwardedWrite(b.pathConfigDelete, "Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.",
-				map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}),
+			logical.CreateOperation: forwardedWrite(b.pathConfigWrite, "Configure the Ermeo connection.", noContentResponses),
+			logical.UpdateOperation: forwardedWrite(b.pathConfigWrite, "Change the Ermeo connection; fields left out keep their value.", noContentResponses),
+			logical.DeleteOperation: forwardedWrite(b.pathConfigDelete,
+				"Delete the Ermeo connection settings. Accounts stay, but cannot be refreshed until config is written again.", noContentResponses),
 		},
 		HelpSynopsis:    pathConfigHelpSyn,
 		HelpDescription: pathConfigHelpDesc,
 	}}
 }
+
+// noContentResponses are the answer of a write with no body.
+var noContentResponses = map[int][]framework.Response{http.StatusNoContent: {{Description: "No Content"}}}
 
 // forwardedWrite is an operation that writes: it goes to the node that may
 // write, before anything is sent to Ermeo (as the openldap engine declares).
@@ -155,7 +114,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
 
-	// Read.
+	// Read: the stored config, and the request's fields on a copy of it.
 	old, err := loadConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
@@ -164,12 +123,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if old != nil {
 		*c = *old
 	}
-
-	// Validate.
 	trimmed, err := parseConfigFields(d, c)
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+
+	// Validate.
 	switch {
 	case c.ClientID == "":
 		return logical.ErrorResponse("client_id: required: the OAuth client id of your Ermeo integration"), nil
@@ -246,22 +205,48 @@ func (b *backend) defaultMinTTLError(ctx context.Context, s logical.Storage, c *
 // returns the credential fields whose trailing line ending it removed.
 func parseConfigFields(d *framework.FieldData, c *configEntry) ([]string, error) {
 	f := &fieldReader{d: d, err: unknownFields(d)}
-	if f.str("api_url", &c.APIURL) {
-		c.APIURL = strings.TrimRight(c.APIURL, "/")
+	if u := f.str("api_url"); u != nil {
+		c.APIURL = strings.TrimRight(*u, "/")
 	}
-	f.str("client_id", &c.ClientID)
-	f.str("client_secret", &c.ClientSecret)
-	f.str("body_format", &c.BodyFormat)
-	f.str("ca_certificate", &c.CACertificate)
-	f.duration("request_timeout", &c.RequestTimeout)
-	f.duration("default_min_ttl", &c.DefaultMinTTL)
-	f.duration("default_rotation_period", &c.DefaultRotationPeriod)
-	for name, dst := range map[string]*bool{"verify_accounts": &c.VerifyAccounts, "verify_connection": &c.VerifyConnection, "default_lease": &c.DefaultLease} {
-		if v, ok := d.GetOk(name); ok {
-			*dst = v.(bool)
-		}
-	}
+	setIf(&c.ClientID, f.str("client_id"))
+	setIf(&c.ClientSecret, f.str("client_secret"))
+	setIf(&c.BodyFormat, f.str("body_format"))
+	setIf(&c.CACertificate, f.str("ca_certificate"))
+	setIf(&c.RequestTimeout, f.duration("request_timeout"))
+	setIf(&c.DefaultMinTTL, f.duration("default_min_ttl"))
+	setIf(&c.DefaultRotationPeriod, f.duration("default_rotation_period"))
+	setIf(&c.VerifyAccounts, f.boolean("verify_accounts"))
+	setIf(&c.VerifyConnection, f.boolean("verify_connection"))
+	setIf(&c.DefaultLease, f.boolean("default_lease"))
 	return f.trimmed, f.err
+}
+
+// checkAPIURL: ParseAPIURL's checks, no space, https or (test servers) http on loopback.
+func checkAPIURL(raw string) error {
+	u, err := ermeo.ParseAPIURL(raw)
+	switch {
+	case strings.Contains(raw, " "):
+		return fieldError("api_url", "contains a space at byte %d: a URL has none (write %%20 if the path really has one)", strings.Index(raw, " "))
+	case err != nil:
+		return fieldError("api_url", "%v: use https://host", err)
+	case u.Scheme != "https" && u.Hostname() != "localhost" && !net.ParseIP(u.Hostname()).IsLoopback():
+		return fieldError("api_url", "http is only allowed for loopback test servers (127.0.0.1, ::1, localhost): use https://%s", u.Host)
+	}
+	return nil
+}
+
+// checkCABundle: ca_certificate is PEM (certPool), or empty for the system's CAs.
+func checkCABundle(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, err := certPool(s)
+	return err
+}
+
+// noConfigResponse is the 400 of a write that needs config before config is written.
+func noConfigResponse(mount string) *logical.Response {
+	return logical.ErrorResponse("config: not written yet: run vault write %sconfig client_id=... client_secret=- first", mount)
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -288,23 +273,13 @@ const operationPrefix = "ermeo"
 const pathConfigHelpSyn = `Configure how the engine reaches Ermeo: the API URL and the integration's OAuth client credentials.`
 
 const pathConfigHelpDesc = `
-The client id and secret are those of your Ermeo integration. The secret is
-write-only: a read says only whether it is set (client_secret_set).
-
-api_url defaults to https://api.ermeo.com. It must be https, except for a test
-server on a loopback address. body_format is auto by default: token requests
-are sent as JSON, as Ermeo documents, and if the server answers exactly what a
-server that reads only form fields answers to JSON ("Invalid grant_type
-parameter or parameter missing", which spends nothing), the same grant is sent
-once more form-encoded; the format that worked is remembered and shown as
-body_format_detected. body_format=json or form fixes the format.
-
-TLS certificates are always verified. For a server whose certificate is signed
-by a private CA, give that CA in PEM as ca_certificate.
-
-The defaults for accounts (default_min_ttl, default_rotation_period) apply to
-accounts that do not set their own.
+client_id and client_secret are your Ermeo integration's; the secret is
+write-only (a read shows client_secret_set). A write changes only the fields
+it gives, and checks the credentials with Ermeo first (verify_connection).
+TLS certificates are always verified: give a private CA as ca_certificate.
+The default_* fields apply to accounts that set none of their own. See
+docs/paths.md in the plugin's repository.
 
 Example:
-  vault write ermeo/config client_id=5_abc... client_secret=...
+  vault write ermeo/config client_id=5_abc... client_secret=-
 `
