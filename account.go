@@ -1,6 +1,7 @@
 package ermeosecrets
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"regexp"
@@ -12,19 +13,13 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// An Ermeo account: the entry that holds its refresh chain, the rules that
-// follow from it (lease, min_ttl, rotation period, when it is due), its
-// load and save, the grant that starts a new link of its chain, and the view
-// an operator reads.
-
-// Account states.
 const (
 	stateActive      = "active"
 	stateNeedsReauth = "needs_reauth"
 )
 
 // rotationIntent records, before a refresh token is sent to Ermeo, that it is
-// about to be spent. Found later (after a crash or an unanswered request), it
+// about to be spent: found later (after a crash or an unanswered request), it
 // means the stored refresh token may no longer work.
 type rotationIntent struct {
 	Generation uint64    `json:"generation"`
@@ -32,8 +27,7 @@ type rotationIntent struct {
 	Attempts   int       `json:"attempts"`
 }
 
-// accountVersion is the version of the account entry this build writes
-// (see upgradeAccount).
+// accountVersion is the account entry's version this build writes (upgradeAccount).
 const accountVersion = 1
 
 // accountEntry is one Ermeo account and the current link of its refresh chain.
@@ -45,8 +39,7 @@ type accountEntry struct {
 	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
 	AccessToken          string    `json:"access_token"`
 	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
-	// AccessTokenLifetime is the expires_in of the grant that issued the
-	// access token (0 when unknown).
+	// AccessTokenLifetime is the issuing grant's expires_in (0 when unknown).
 	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
 	Generation          uint64        `json:"generation"`
 	LastRotation        time.Time     `json:"last_rotation"`
@@ -54,8 +47,7 @@ type accountEntry struct {
 	State               string        `json:"state"`
 	MinTTL              time.Duration `json:"min_ttl,omitempty"`
 	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
-	// Lease is the account's lease mode when it sets one (lease=true or
-	// false); nil means config's default_lease.
+	// Lease is the account's lease mode; nil means config's default_lease.
 	Lease *bool `json:"lease,omitempty"`
 	// Whose Ermeo account this is, from GET /api/v1/profile when written.
 	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
@@ -63,18 +55,17 @@ type accountEntry struct {
 	CheckedAt      time.Time       `json:"checked_at,omitempty"`
 	RotationIntent *rotationIntent `json:"rotation_intent,omitempty"`
 	// NextAttemptAt is set when a refresh failed at Ermeo (no answer, or a
-	// rejected client): refreshes wait until then (backoff, or the server's
-	// Retry-After), unless an operator forces one. Failures counts the
-	// failed refreshes since the last grant, which the backoff doubles with.
+	// rejected client): refreshes wait until then (backoff, or Retry-After)
+	// unless an operator forces one. Failures counts the failed refreshes
+	// since the last grant, which the backoff doubles with.
 	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
 	Failures      int       `json:"failures,omitempty"`
 	// RejectedByConfig is the config revision whose client Ermeo rejected:
 	// a config written since (a new revision) lifts the backoff.
 	RejectedByConfig uint64 `json:"rejected_by_config,omitempty"`
-	// ChainLostAt and ChainLostHow record the account's last chain found
-	// gone (how: lost_in_flight or refused), kept across new chains, so that
-	// the loss is seen in the account's status and the metrics even after a
-	// reload of the plugin, which restarts its counters.
+	// ChainLostAt and ChainLostHow (lost_in_flight or refused) record the
+	// last chain found gone, kept across new chains, so that the status and
+	// metrics show it even after a plugin reload restarts the counters.
 	ChainLostAt  time.Time `json:"chain_lost_at,omitempty"`
 	ChainLostHow string    `json:"chain_lost_how,omitempty"`
 }
@@ -94,7 +85,7 @@ func (a *accountEntry) clone() *accountEntry {
 }
 
 // effectiveLease says whether creds/<name> answers with a lease: the
-// account's own lease setting, or config's default_lease (on by default).
+// account's own setting, or config's default_lease (on by default).
 func effectiveLease(a *accountEntry, cfg *configEntry) bool {
 	if a.Lease != nil {
 		return *a.Lease
@@ -105,45 +96,35 @@ func effectiveLease(a *accountEntry, cfg *configEntry) bool {
 // effectiveMinTTL is the least life a token handed out has left: the
 // account's own min_ttl, or config's default, or the engine's.
 func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
-	switch {
-	case a.MinTTL > 0:
-		return a.MinTTL
-	case cfg != nil && cfg.DefaultMinTTL > 0:
-		return cfg.DefaultMinTTL
-	default:
-		return defaultMinTTL
+	if cfg == nil {
+		cfg = &configEntry{}
 	}
+	return cmp.Or(a.MinTTL, cfg.DefaultMinTTL, defaultMinTTL)
 }
 
 // effectiveRotationPeriod is how old an idle chain's refresh token may get
-// before the keep-alive rotates it.
+// before the keep-alive rotates it (the account's, config's, the engine's).
 func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
-	switch {
-	case a.RotationPeriod > 0:
-		return a.RotationPeriod
-	case cfg != nil && cfg.DefaultRotationPeriod > 0:
-		return cfg.DefaultRotationPeriod
-	default:
-		return defaultRotationPeriod
+	if cfg == nil {
+		cfg = &configEntry{}
 	}
+	return cmp.Or(a.RotationPeriod, cfg.DefaultRotationPeriod, defaultRotationPeriod)
 }
 
 // backoffLifted reports whether config changed since Ermeo rejected the
-// account's refresh: the operator may have fixed the client, so the next
-// refresh need not wait.
+// account's refresh: the client may be fixed, so the next refresh need not wait.
 func (a *accountEntry) backoffLifted(cfg *configEntry) bool {
 	return a.RejectedByConfig != 0 && cfg != nil && cfg.Revision != a.RejectedByConfig
 }
 
-// dueAt is when the periodic function should next look at an account, and
-// whether it should at all. It depends on the entry alone (and config's
-// defaults), which is why every put reschedules.
+// dueAt is when the keep-alive should next look at an account, if ever. It
+// depends on the entry alone (and config's defaults): every put reschedules.
 func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
 	switch {
 	case a.State == stateNeedsReauth:
 		// Only an operator (or a kept password, tried when the chain was
-		// found gone) can restart it; retrying a refused password on a
-		// timer could lock the user out.
+		// found gone) restarts it: a refused password retried on a timer
+		// could lock the user out.
 		return time.Time{}, false
 	case !a.NextAttemptAt.IsZero() && !a.backoffLifted(cfg):
 		return a.NextAttemptAt, true
@@ -155,15 +136,12 @@ func dueAt(a *accountEntry, cfg *configEntry, now time.Time) (time.Time, bool) {
 	}
 }
 
-// minTTLError is the 400's message for an account whose min_ttl (its own, or
+// minTTLError is the 400's message for an account whose min_ttl (its own or
 // config's default) is at or above its access tokens' lifetime, which would
-// make every read refresh; "" when it is below, or the lifetime is unknown.
+// make every read refresh; "" otherwise, or when the lifetime is unknown.
 func minTTLError(a *accountEntry, cfg *configEntry, lifetime time.Duration) string {
-	if lifetime <= 0 {
-		return ""
-	}
 	minTTL := effectiveMinTTL(a, cfg)
-	if minTTL < lifetime {
+	if lifetime <= 0 || minTTL < lifetime {
 		return ""
 	}
 	field := "min_ttl"
@@ -192,23 +170,16 @@ func validateAccountName(name string) error {
 }
 
 // applyGrant records a new link of the chain from a grant's answer onto a.
-// Both tokens' lives are counted from sentAt, when the grant's request was
-// sent: Ermeo's clock started when it issued them, which is at the earliest
-// then, and an answer can take up to request_timeout to arrive. Counting from
-// the answer would overstate their life by that much.
+// Both tokens' lives count from sentAt, when the request was sent: Ermeo
+// issued them no earlier, and an answer can take up to request_timeout, by
+// which counting from the answer would overstate their life.
 func applyGrant(a *accountEntry, tok *ermeo.Token, sentAt, now time.Time) {
-	a.AccessToken = tok.AccessToken
-	a.AccessTokenExpiresAt = sentAt.Add(tok.ExpiresIn)
-	a.AccessTokenLifetime = tok.ExpiresIn
+	a.AccessToken, a.AccessTokenExpiresAt, a.AccessTokenLifetime = tok.AccessToken, sentAt.Add(tok.ExpiresIn), tok.ExpiresIn
 	if tok.RefreshToken != "" {
-		a.RefreshToken = tok.RefreshToken
-		a.RefreshTokenIssuedAt = sentAt
+		a.RefreshToken, a.RefreshTokenIssuedAt = tok.RefreshToken, sentAt
 	}
 	a.Generation++
-	a.LastRotation = now
-	a.LastError = ""
-	a.State = stateActive
-	a.RotationIntent = nil
+	a.LastRotation, a.LastError, a.State, a.RotationIntent = now, "", stateActive, nil
 	a.NextAttemptAt, a.Failures, a.RejectedByConfig = time.Time{}, 0, 0
 }
 
@@ -254,8 +225,7 @@ type passwordEntry struct {
 	Password string `json:"password"`
 }
 
-func accountKey(name string) string { return accountPrefix + name }
-
+func accountKey(name string) string  { return accountPrefix + name }
 func passwordKey(name string) string { return passwordPrefix + name }
 
 func loadAccount(ctx context.Context, s logical.Storage, name string) (*accountEntry, error) {
@@ -279,8 +249,7 @@ type accountV0 struct {
 func upgradeAccount(a *accountV0) *accountEntry {
 	if a.Version < 1 {
 		if a.NoLease && a.Lease == nil {
-			noLease := false
-			a.Lease = &noLease
+			a.Lease = new(bool) // lease=false
 		}
 		if a.AccessTokenLifetime == 0 && a.AccessToken != "" && !a.LastRotation.IsZero() && a.AccessTokenExpiresAt.After(a.LastRotation) {
 			// v0.1.0 did not record expires_in: its grants were stored at
@@ -324,8 +293,8 @@ func deletePassword(ctx context.Context, s logical.Storage, name string) error {
 	return s.Delete(ctx, passwordKey(name))
 }
 
-// withAccountName checks the account name of the path, once for every
-// handler that takes one: a bad name is a 400 that says what is allowed.
+// withAccountName checks the path's account name for every handler that takes
+// one: a bad name is a 400 that says what is allowed.
 func withAccountName(h accountHandler) framework.OperationFunc {
 	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 		name := d.Get("name").(string)
@@ -336,6 +305,5 @@ func withAccountName(h accountHandler) framework.OperationFunc {
 	}
 }
 
-// accountHandler is a handler of a path that names an account, called with
-// the name checked.
+// accountHandler handles a path that names an account, with the name checked.
 type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)

@@ -48,30 +48,20 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 type backend struct {
 	*framework.Backend
 
-	// store is every account's state: cache, unsaved overlay, schedule.
-	store *accountStore
-
-	// now is the clock; tests inject their own.
-	now func() time.Time
-	// httpClient is used for every call to Ermeo (tests inject their own);
-	// with a ca_certificate in config, a copy that trusts it is used instead.
-	// See client.go.
+	store *accountStore    // every account's state (store.go)
+	now   func() time.Time // the clock; tests inject their own
+	// httpClient serves every call to Ermeo (tests inject their own); a
+	// ca_certificate in config makes client.go use a copy that trusts it.
 	httpClient *http.Client
-
-	// config caches what storage holds, and the Ermeo client built from it,
-	// so that a read of a token with enough life left makes no storage
-	// call. Written through by every write; dropped by Invalidate when
-	// another node changes it. Replaced whole, never changed in place.
-	config atomic.Pointer[cachedConfig]
-	// configMu serializes config writes and deletes (read-modify-writes);
-	// see locks.go for the order.
-	configMu outerLock
-
-	// metrics counts what the refresh protocol did (see metrics.go).
-	metrics *metrics
-
-	// crashHook, set only by tests, makes the refresh protocol stop dead at
-	// a step, as a crashed plugin process would.
+	// config caches the stored config and the Ermeo client built from it, so
+	// that a read of a token with enough life left makes no storage call.
+	// Replaced whole by every write, never changed in place; dropped by
+	// invalidate when another node changes it.
+	config   atomic.Pointer[cachedConfig]
+	configMu outerLock // serializes config writes and deletes (locks.go)
+	metrics  *metrics
+	// crashHook, set only by tests, stops the refresh protocol dead at a
+	// step, as a crashed plugin process would.
 	crashHook func(crashPoint) bool
 }
 
@@ -113,7 +103,7 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 // Vault writes that error into the response, the audit log and the server log.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
 	// Most requests (creds reads) carry no field: they are not routed twice.
-	if len(req.Data) > 0 && takesFields(req.Operation) {
+	if len(req.Data) > 0 && fieldOps[req.Operation] {
 		if route := b.Route(req.Path); route != nil {
 			if _, err := wrongSecrets(route.Fields, req.Data); err != nil {
 				return logical.ErrorResponse(err.Error()), nil
@@ -123,22 +113,15 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	return b.Backend.HandleRequest(ctx, req)
 }
 
-// takesFields reports whether the framework converts a request's fields for op.
-func takesFields(op logical.Operation) bool {
-	switch op {
-	case logical.CreateOperation, logical.UpdateOperation, logical.PatchOperation,
-		logical.ReadOperation, logical.DeleteOperation, logical.ListOperation:
-		return true
-	}
-	return false
-}
+// fieldOps are the operations whose fields the framework converts.
+var fieldOps = map[logical.Operation]bool{logical.CreateOperation: true, logical.UpdateOperation: true,
+	logical.PatchOperation: true, logical.ReadOperation: true, logical.DeleteOperation: true, logical.ListOperation: true}
 
 // HandleExistenceCheck runs before HandleRequest on every write (Vault asks
-// whether the write creates or updates), and the framework converts the
-// request's fields for it too. The engine's existence checks read nothing but
-// the path, so they are given no field: a field of the wrong type is then
-// HandleRequest's 400, never Vault's "failed to run existence check", which
-// Vault logs with the value.
+// whether it creates or updates), and the framework converts the request's
+// fields for it too. The existence checks read only the path, so they get no
+// field: a field of the wrong type is then HandleRequest's 400, never Vault's
+// "failed to run existence check", which Vault logs with the value.
 func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
 	r := *req
 	r.Data = nil
@@ -170,10 +153,9 @@ life left.
 `
 
 // initialize runs when the mount starts on a node that may write: it loads
-// the schedule in the background, and reports interrupted refreshes.
+// the schedule in the background (runLoad reports interrupted refreshes).
 func (b *backend) initialize(_ context.Context, req *logical.InitializationRequest) error {
-	// Registered before the goroutine starts, so that a clean that comes at
-	// once still finds the load and stops it.
+	// Registered before the goroutine starts, so that a clean at once stops it.
 	load := b.store.beginLoad(context.Background())
 	if load == nil {
 		return nil
@@ -186,8 +168,7 @@ func (b *backend) initialize(_ context.Context, req *logical.InitializationReque
 	return nil
 }
 
-// clean stops what initialize started: a schedule load in progress is
-// cancelled and over when clean returns.
+// clean cancels a schedule load in progress, over when clean returns.
 func (b *backend) clean(context.Context) { b.store.stopLoad() }
 
 // loadSchedule loads the schedule, unless it is loaded or being loaded.
@@ -198,7 +179,7 @@ func (b *backend) loadSchedule(ctx context.Context, s logical.Storage) error {
 	return nil
 }
 
-// runScheduleLoad reads config (whose defaults decide when accounts are due),
+// runScheduleLoad reads config (its defaults decide when accounts are due),
 // then every account.
 func (b *backend) runScheduleLoad(load *scheduleLoad, s logical.Storage) error {
 	return b.store.runLoad(load, s, func(ctx context.Context) error {

@@ -9,20 +9,26 @@ import (
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 )
 
-// The Ermeo client, built in one place: once per cached config (config.go
-// keeps it beside the config it was built from), so that it is rebuilt when
-// config changes here (setConfig) or on another node (Invalidate), as the
-// GitHub plugin's Client() is.
+// The Ermeo client, built once per cached config (config.go keeps it beside
+// its config), so that it is rebuilt when config changes here (setConfig) or
+// on another node (invalidate), as the GitHub plugin's Client() is.
 
-// newClient builds a client for cfg, on the backend's HTTP client (which
-// tests replace to inject faults), or a copy that trusts cfg's CA bundle.
+// newClient builds a client for cfg on the backend's HTTP client (which tests
+// replace to inject faults), or on a copy that trusts cfg's CA bundle.
 func (b *backend) newClient(cfg *configEntry) (*ermeo.Client, error) {
 	hc := b.httpClient
 	if cfg.CACertificate != "" {
-		var err error
-		if hc, err = trustingClient(b.httpClient, cfg.CACertificate); err != nil {
+		pool, err := certPool(cfg.CACertificate)
+		if err != nil {
 			return nil, err
 		}
+		t, ok := hc.Transport.(*http.Transport)
+		if !ok || t == nil {
+			t = http.DefaultTransport.(*http.Transport)
+		}
+		t = t.Clone()
+		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+		hc = &http.Client{Transport: t}
 	}
 	return ermeo.New(ermeo.Config{
 		APIURL:       cfg.APIURL,
@@ -43,22 +49,6 @@ func defaultHTTPClient() *http.Client {
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	t.MaxIdleConnsPerHost = 16
 	return &http.Client{Transport: t}
-}
-
-// trustingClient is a copy of base that trusts the CAs of a PEM bundle
-// instead of the system's.
-func trustingClient(base *http.Client, pemText string) (*http.Client, error) {
-	pool, err := certPool(pemText)
-	if err != nil {
-		return nil, err
-	}
-	t, ok := base.Transport.(*http.Transport)
-	if !ok || t == nil {
-		t = http.DefaultTransport.(*http.Transport)
-	}
-	t = t.Clone()
-	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
-	return &http.Client{Transport: t}, nil
 }
 
 // certPool parses a PEM bundle of CA certificates.

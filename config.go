@@ -9,11 +9,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// The mount's connection to Ermeo: the entry, its limits and defaults, its
-// load and save, and its one cache (with the Ermeo client built from it).
-
-// configVersion is the version of the config entry this build writes (see
-// upgradeConfig).
+// configVersion is the config entry's version this build writes (upgradeConfig).
 const configVersion = 1
 
 // configEntry is the mount's connection to Ermeo.
@@ -23,8 +19,8 @@ type configEntry struct {
 	ClientID     string `json:"client_id"`
 	ClientSecret string `json:"client_secret"`
 	BodyFormat   string `json:"body_format"`
-	// BodyFormatDetected is, with body_format auto, the format Ermeo was
-	// found to read (json or form), or "" before the first answer.
+	// BodyFormatDetected: with body_format auto, the format Ermeo was found
+	// to read (json or form), or "" before the first answer.
 	BodyFormatDetected string        `json:"body_format_detected,omitempty"`
 	RequestTimeout     time.Duration `json:"request_timeout"`
 	CACertificate      string        `json:"ca_certificate,omitempty"`
@@ -33,8 +29,7 @@ type configEntry struct {
 	// when config is written.
 	VerifyAccounts   bool `json:"verify_accounts"`
 	VerifyConnection bool `json:"verify_connection"`
-	// CredentialsCheckedAt is when Ermeo last accepted the client
-	// credentials; zero when they were not checked.
+	// CredentialsCheckedAt: when Ermeo last accepted the client credentials (zero: unchecked).
 	CredentialsCheckedAt time.Time     `json:"credentials_checked_at,omitempty"`
 	DefaultMinTTL        time.Duration `json:"default_min_ttl"`
 	// DefaultLease: accounts that set no lease mode answer creds with a lease.
@@ -81,7 +76,7 @@ type configV0 struct {
 }
 
 // upgradeConfig is the one place where an older config entry becomes this
-// version's; it is written as such at the next config write.
+// version's, written as such at the next config write.
 func upgradeConfig(c *configV0) *configEntry {
 	if c.Version < 1 {
 		c.VerifyAccounts, c.VerifyConnection, c.DefaultLease = !c.SkipAccountCheck, !c.SkipConnectionCheck, !c.DefaultNoLease
@@ -105,8 +100,8 @@ func deleteConfig(ctx context.Context, s logical.Storage) error {
 	return s.Delete(ctx, configKey)
 }
 
-// Limits on what an operator can write. Anything outside gets a 400 that names
-// the field and what is allowed.
+// Limits on what an operator can write: anything outside gets a 400 that
+// names the field and what is allowed.
 const (
 	maxFieldLen = 4096
 
@@ -127,10 +122,7 @@ const (
 	defaultRotationPeriod = 7 * 24 * time.Hour
 )
 
-// durationLimit is the range allowed for a duration field.
-type durationLimit struct{ min, max time.Duration }
-
-// durationLimits are the ranges of every duration field, by name.
+// durationLimits are the ranges allowed for every duration field, by name.
 var durationLimits = map[string]durationLimit{
 	"request_timeout":         {minRequestTimeout, maxRequestTimeout},
 	"default_min_ttl":         {minMinTTL, maxMinTTL},
@@ -138,6 +130,8 @@ var durationLimits = map[string]durationLimit{
 	"default_rotation_period": {minRotationPeriod, maxRotationPeriod},
 	"rotation_period":         {minRotationPeriod, maxRotationPeriod},
 }
+
+type durationLimit struct{ min, max time.Duration }
 
 // cachedConfig is the config as storage holds it (cfg is nil when there is
 // none), and the Ermeo client built from it once (or why it could not be).
@@ -148,7 +142,6 @@ type cachedConfig struct {
 	http      *http.Client // the backend's HTTP client the client was built on
 }
 
-// newCachedConfig builds cfg's client.
 func (b *backend) newCachedConfig(cfg *configEntry) *cachedConfig {
 	c := &cachedConfig{cfg: cfg, http: b.httpClient}
 	if cfg != nil {
@@ -176,7 +169,7 @@ func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntr
 	return cfg, nil
 }
 
-// peekConfig is the config in memory, or nil if it is not loaded (or none).
+// peekConfig is the config in memory, or nil if not loaded (or none).
 func (b *backend) peekConfig() *configEntry {
 	if c := b.config.Load(); c != nil {
 		return c.cfg
@@ -189,19 +182,17 @@ func (b *backend) setConfig(cfg *configEntry) {
 	b.config.Store(b.newCachedConfig(cfg))
 }
 
-// connectionChanged reports whether the fields that decide how Ermeo is
-// reached, and as whom, differ between a and b.
+// connectionChanged reports whether how Ermeo is reached, or as whom,
+// differs between a and b.
 func connectionChanged(a, b *configEntry) bool {
 	return a.APIURL != b.APIURL || a.ClientID != b.ClientID || a.ClientSecret != b.ClientSecret ||
 		a.BodyFormat != b.BodyFormat || a.CACertificate != b.CACertificate
 }
 
-// recordBodyFormat records in config the body format that the cached client,
-// in body_format=auto, found to work, so that later clients (after a restart,
-// or on another node) start from it. The periodic tick calls it before it
-// takes any account lock: the refresh path never writes config (locks.go).
-// Nothing is written when it is already recorded, or when config changed
-// meanwhile.
+// recordBodyFormat records in config the body format the cached client found
+// to work in body_format=auto, so that later clients (after a restart, or on
+// another node) start from it, unless recorded already or config changed
+// meanwhile. The periodic tick calls it before taking any account lock (locks.go).
 func (b *backend) recordBodyFormat(ctx context.Context, s logical.Storage) {
 	c := b.config.Load()
 	if c == nil || c.cfg == nil || c.client == nil {

@@ -9,14 +9,10 @@ import (
 // Keep-alive: an Ermeo refresh token dies 2 weeks after it was issued, so a
 // chain nobody reads must be rotated before then. Vault's periodic function
 // (about once a minute, on the node that may write) rotates every account
-// whose refresh token is older than its rotation_period.
-//
-// The schedule is kept in memory, in a priority queue keyed by account name
-// and ordered by when each account is due, so that a tick reads storage only
-// for the accounts that are due. It is loaded from storage at start-up
-// (InitializeFunc) and updated by every write of an account. The plugin has no
-// timer of its own: a plugin process orphaned by a killed Vault node does
-// nothing.
+// whose refresh token is older than its rotation_period. The schedule, an
+// in-memory priority queue of accounts by due time (store.go), lets a tick
+// read storage only for the accounts that are due. The plugin has no timer of
+// its own: a plugin process orphaned by a killed Vault node does nothing.
 
 // maxRotationsPerTick bounds one tick's work; the rest stays due for the next.
 const maxRotationsPerTick = 100
@@ -38,9 +34,9 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	now := b.now()
 	seen := map[string]bool{}
 	for i := 0; i < maxRotationsPerTick; i++ {
-		name, ok, err := b.store.nextDue(now)
-		if err != nil || !ok {
-			return err
+		name, ok := b.store.nextDue(now)
+		if !ok {
+			return nil
 		}
 		// An account is handled once a tick: one whose outcome could not be
 		// written is still due now, and waits for the next tick.
@@ -53,9 +49,8 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return nil
 }
 
-// keepAlive rotates one account's chain if it is still due. The schedule
-// follows from what the rotation writes (every write reschedules); an
-// account left as it was is looked at again at a later tick.
+// keepAlive rotates one account's chain if it is still due; what it writes
+// reschedules it, and an account left as it was comes back at a later tick.
 func (b *backend) keepAlive(ctx context.Context, req *logical.Request, cfg *configEntry, name string) {
 	lock := b.store.lock(name)
 	lock.Lock()

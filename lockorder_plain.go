@@ -4,14 +4,13 @@ package ermeosecrets
 
 import "sync"
 
-// Release builds: plain mutexes (see lockorder_check.go for the checked build).
+// Release builds: plain mutexes, nothing checked (lockorder_check.go is the
+// checked build).
 
 type mutex = sync.Mutex
 
-// lockOrderChecked says whether this build checks the lock order.
 const lockOrderChecked = false
 
-// lockOrderInversions is always 0: nothing is checked.
 func lockOrderInversions() int64 { return 0 }
 
 func takingOuter(*outerLock)   {}

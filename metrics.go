@@ -6,17 +6,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics of the refresh protocol (its events are sent by rotation.go).
-//
-// An external plugin runs in its own process, and Vault does not collect its
+// Metrics of the refresh protocol (its events are sent by rotation.go). An
+// external plugin runs in its own process, and Vault does not collect its
 // go-metrics (hashicorp/vault#7259), so the plugin keeps its own counters and
-// serves them at the metrics path, as JSON or in Prometheus' text format,
-// both from the backend's own Prometheus registry.
+// serves them at the metrics path in Prometheus' text format.
 
-// refreshBuckets are the upper bounds, in seconds, of the refresh latency histogram.
+// refreshBuckets are the refresh latency histogram's upper bounds, in seconds.
 var refreshBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
-// The metric families the engine serves, by name.
 const (
 	metricRefreshes       = "ermeo_refreshes_total"
 	metricPasswordGrants  = "ermeo_password_grants_total"
@@ -32,26 +29,17 @@ const (
 
 // metrics holds a backend's collectors, in a registry of its own: one plugin
 // process serves every mount of the engine, and the default registry would
-// add up (or refuse) the series of all of them. Both formats of the metrics
-// path are rendered from one Gather of this registry.
+// add up (or refuse) the series of all of them.
 type metrics struct {
-	registry *prometheus.Registry
-	// refreshes counts refreshes by outcome: the grants' (success, rejected,
-	// chain_gone, unknown), and storage_refused for one that storage stopped
-	// before anything was sent.
-	refreshes *prometheus.CounterVec
-	// chainsLost counts chains found gone, by how: lost_in_flight (an
-	// earlier answer never arrived) or refused (invalid_grant at once).
-	chainsLost *prometheus.CounterVec
-	// passwordGrants counts password grants (account writes and re-bootstraps
-	// with a kept password) by outcome: success, rejected, unknown.
-	passwordGrants *prometheus.CounterVec
-	// chainsRecovered counts new chains started with a kept password.
+	registry       *prometheus.Registry
+	refreshes      *prometheus.CounterVec // by outcome (rotation.go's outcomes)
+	passwordGrants *prometheus.CounterVec // by outcome (rotation.go's outcomes)
+	// chainsLost, by how: lost_in_flight (an earlier answer never arrived)
+	// or refused (invalid_grant at once).
+	chainsLost      *prometheus.CounterVec
 	chainsRecovered prometheus.Counter
 	refreshDuration prometheus.Histogram
-	// accounts computes the per-account gauges at each scrape, from the
-	// backend's cache of accounts (bound by pathMetrics).
-	accounts *accountsCollector
+	accounts        *accountsCollector // bound to the backend by pathMetrics
 }
 
 func newMetrics() *metrics {
@@ -81,8 +69,8 @@ func newMetrics() *metrics {
 		accounts: &accountsCollector{},
 	}
 	m.registry.MustRegister(m.refreshes, m.passwordGrants, m.chainsLost, m.chainsRecovered, m.refreshDuration, m.accounts)
-	// Every series exists from the start, at zero, so that a rate or an
-	// alert on it has data before the first event.
+	// Every series exists from the start, at zero, so that a rate or an alert
+	// on it has data before the first event.
 	for _, rule := range outcomes {
 		m.refreshes.WithLabelValues(rule.refreshes)
 		if rule.passwords != "" {
@@ -98,9 +86,8 @@ func newMetrics() *metrics {
 var (
 	expiresInDesc = prometheus.NewDesc(metricExpiresIn,
 		"Seconds until each account's refresh token expires.", []string{"account"}, nil)
-	// The last successful grant of each account, and how long its chain may
-	// idle before the keep-alive rotates it: together, an alert on a chain
-	// that is not being kept alive (time() - last > period).
+	// With rotationPeriodDesc, an alert on a chain that is not kept alive:
+	// time() - last > period.
 	lastRotationDesc = prometheus.NewDesc(metricLastRotation,
 		"Unix time of each account's last successful grant (refresh or password).", []string{"account"}, nil)
 	rotationPeriodDesc = prometheus.NewDesc(metricRotationPeriod,
@@ -111,9 +98,9 @@ var (
 		"Accounts known to this node, by state.", []string{"state"}, nil)
 )
 
-// accountsCollector computes the gauges of accounts when the registry is
-// gathered, from what the backend holds then: nothing to keep up to date at
-// each write, and an account deleted or moved is gone from the next scrape.
+// accountsCollector computes the accounts' gauges at each scrape from the
+// backend's cache: nothing to keep up to date at each write, and an account
+// deleted or moved is gone from the next scrape.
 type accountsCollector struct {
 	b atomic.Pointer[backend]
 }
@@ -137,7 +124,7 @@ func (c *accountsCollector) Collect(ch chan<- prometheus.Metric) {
 	b.store.each(func(name string, a *accountEntry) {
 		byState[a.State]++
 		if a.RefreshToken != "" && !a.RefreshTokenIssuedAt.IsZero() {
-			// Whole seconds, as the JSON format has always given them.
+			// Whole seconds, as the dropped JSON format gave them.
 			left := int64(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime).Sub(now).Seconds())
 			ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, float64(left), name)
 		}

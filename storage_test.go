@@ -16,6 +16,13 @@ import (
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
+// unsavedCount is how many refreshed pairs wait in memory.
+func (s *accountStore) unsavedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.unsaved)
+}
+
 // testStorage is the one storage wrapper of this package's tests. Around the
 // env's in-memory storage it
 //

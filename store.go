@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math"
 	"time"
 
@@ -13,26 +14,23 @@ import (
 	"github.com/hashicorp/vault/sdk/queue"
 )
 
-// The account store: what one mount knows of its accounts, in storage and in
-// memory. It alone touches the cache of entries, the overlay of refreshed
-// pairs that storage refused, the failures storage could not record, and
-// the keep-alive schedule with its load from storage (backend.go starts and
-// stops loads through beginLoad, runLoad and stopLoad). No mutex is held
-// across a storage call (locks.go).
+// The account store: one mount's accounts, in storage and in memory. It alone
+// touches the cache of entries, the overlay of refreshed pairs storage
+// refused, the failures storage could not record, and the keep-alive schedule
+// and its load (which backend.go begins, runs and stops). No mutex is held
+// across a storage call (locks.go). An entry handed out is a copy: callers
+// change their copy and put it.
 //
 //	get        the newest known state, without the account's lock (overlay, cache or storage)
 //	getLocked  the state under the account's lock: overlay or storage, never the cache
 //	put        one write: storage, then cache, overlay and schedule together
 //	remove     the account gone everywhere
 //
-// An entry handed out is a copy: callers change their copy and put it.
-//
-// The storage keys, every one seal-wrapped:
+// The storage keys, all seal-wrapped (sealWrappedPaths, in PathsSpecial):
 //
 //	config            configEntry (config.go)
-//	accounts/<name>   accountEntry (account.go), with the rotation intent
-//	                  record inside, so that clearing it and storing the new
-//	                  pair is one atomic write
+//	accounts/<name>   accountEntry (account.go), its rotation intent record inside:
+//	                  clearing it and storing the new pair is one atomic write
 //	passwords/<name>  passwordEntry: kept only with store_password=true
 const (
 	configKey      = "config"
@@ -40,81 +38,61 @@ const (
 	passwordPrefix = "passwords/"
 )
 
-// sealWrappedPaths are declared in PathsSpecial.SealWrapStorage: everything
-// that holds a secret.
 var sealWrappedPaths = []string{configKey, accountPrefix, passwordPrefix}
 
 // writeMode says what put does when storage refuses the write.
 type writeMode int
 
 const (
-	// failWrite returns storage's error: nothing changed.
-	failWrite writeMode = iota
-	// keepUnsaved is for a refreshed pair that Ermeo already issued: the
-	// write is tried again for up to the store's persistFor, then the pair
-	// is kept in memory (served, and written again at the next chance) and
-	// put returns nil, so that a failed write never drops a refresh token.
+	failWrite writeMode = iota // return storage's error: nothing changed
+	// keepUnsaved, for a refreshed pair Ermeo already issued: put retries for
+	// up to persistFor, then keeps the pair in memory (served, and written
+	// again at the next chance) and returns nil: a failed write never drops a
+	// refresh token.
 	keepUnsaved
 )
 
-// persistAttempts is the least number of times put tries to store a
-// refreshed pair before it keeps it in memory instead.
-const persistAttempts = 3
+const (
+	// persistAttempts is the least number of tries to store a refreshed pair
+	// before keeping it in memory; persistPause the longest pause between two.
+	persistAttempts = 3
+	persistPause    = time.Second
+	// defaultPersistFor is how long put retries, within the request, a
+	// refreshed pair that storage refuses. On integrated storage (Raft) a
+	// refused write is almost always a failed log write (a full disk): the
+	// node steps down at once, and Vault's step-down tears down every mount,
+	// this plugin process and its memory included, but first waits for the
+	// requests in flight (up to Vault's DefaultMaxRequestDuration, 90 s), and
+	// Raft elects the node again once it can write. A retried write is stored
+	// if the space comes back meanwhile; a pair only in memory dies with the
+	// process. Measured by the e2e test TestFullDisk.
+	defaultPersistFor = 30 * time.Second
+	// retryDelay is when an account whose state could not be read is looked at again.
+	retryDelay = time.Minute
+)
 
-// defaultPersistFor is how long put keeps trying to store a refreshed pair
-// that storage refuses, within the request that got it, before keeping it in
-// memory. On integrated storage (Raft) a refused write is, almost always, a
-// Raft log write that failed (a full disk): the node steps down at once, and
-// Vault's step-down tears down every mount, this plugin process included,
-// and with it anything held in memory. But the step-down first waits for the
-// requests in flight (up to Vault's DefaultMaxRequestDuration, 90 s), and
-// Raft elects the node again as soon as it can write; a write tried again
-// within the request is stored if the space comes back meanwhile, where a
-// pair only in memory dies with the process. Measured by the e2e test
-// TestFullDisk.
-const defaultPersistFor = 30 * time.Second
-
-// persistPause is the longest pause between two attempts to store a pair.
-const persistPause = time.Second
-
-// retryDelay is when an account whose state could not be read is looked at again.
-const retryDelay = time.Minute
-
-// accountStore holds what is known of every account of one mount. Its
-// memory is guarded by mu, which is never held across a storage or Ermeo
-// call (see locks.go).
+// accountStore is the store above; mu guards its memory.
 type accountStore struct {
-	// locks serialize every read-modify-write of one account and every
-	// rotation of its refresh chain. Never hold two at once.
-	locks *accountLocks
+	locks *accountLocks // one per account (locks.go)
 
 	mu mutex
-	// cache is what storage holds, so that a read of a token with enough
-	// life left makes no storage call: name -> entry, never mutated once
-	// stored. Written through by put; dropped by invalidate.
-	cache map[string]*accountEntry
-	// unsaved holds, per account, a refreshed pair whose storage write
-	// failed: served from memory and written again at the next chance.
-	unsaved map[string]*accountEntry
-	// failures holds, per account, the last refresh that storage refused
-	// before anything was sent: storage could not record it, so the
-	// account's status shows it from here until the next write.
+	// cache: name -> the entry storage holds, never mutated once stored, so
+	// that a read of a token with enough life left makes no storage call.
+	cache   map[string]*accountEntry
+	unsaved map[string]*accountEntry // refreshed pairs storage refused (keepUnsaved)
+	// failures: the last refresh storage refused before anything was sent,
+	// which it could not record: the account's status shows it until the next write.
 	failures map[string]string
-	// changes counts the changes to cache and overlay by writes, deletes and
-	// invalidations: a read from storage fills the cache only if none came
-	// while it read, since what it read may be older than what they did.
+	// changes counts the changes to cache and overlay: a read from storage
+	// fills the cache only if none came while it read (it may be older).
 	changes uint64
-	// queue is the keep-alive schedule: each account by when it is due.
-	queue *queue.PriorityQueue
-	// load is the schedule's load from storage (see loadSchedule).
-	load scheduleLoadState
+	queue   *queue.PriorityQueue // the keep-alive schedule: accounts by due time
+	load    scheduleLoadState
 
 	now    func() time.Time
-	config func() *configEntry // the cached config, for config's defaults; nil if none
+	config func() *configEntry // the cached config, for its defaults; nil if none
 	logger func() hclog.Logger
-	// persistFor is how long (real time) put tries to store a refreshed
-	// pair before keeping it in memory (defaultPersistFor; 0: persistAttempts
-	// attempts without a pause).
+	// persistFor: see defaultPersistFor; 0 means persistAttempts tries without a pause.
 	persistFor time.Duration
 }
 
@@ -137,10 +115,8 @@ func (s *accountStore) lock(name string) *outerLock {
 	return &s.locks.locks[maphash.String(s.locks.seed, name)%accountLockCount]
 }
 
-// get returns the newest known state of an account without taking its lock:
-// a refreshed pair waiting to be stored, or the cached entry, or storage. For
-// reads that hand out a token with enough life left; anything that may spend
-// a refresh token re-reads with getLocked.
+// get is for reads that hand out a token with enough life left; anything that
+// may spend a refresh token re-reads with getLocked.
 func (s *accountStore) get(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
 	s.mu.Lock()
 	a := s.unsaved[name]
@@ -156,8 +132,6 @@ func (s *accountStore) get(ctx context.Context, st logical.Storage, name string)
 	if err != nil || a == nil {
 		return a, err
 	}
-	// A write, delete or invalidation meanwhile is newer than this read:
-	// it is not cached over them.
 	s.mu.Lock()
 	if s.changes == changes && s.cache[name] == nil {
 		s.cache[name] = a.clone()
@@ -166,9 +140,8 @@ func (s *accountStore) get(ctx context.Context, st logical.Storage, name string)
 	return a, nil
 }
 
-// getLocked re-reads an account from storage (or a refreshed pair waiting to
-// be stored), never from the cache: a token whose successor is already
-// stored is never sent again. Called with the account's lock held.
+// getLocked never reads the cache, so that a token whose successor is
+// already stored is never sent again.
 func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
 	if a := s.unsavedCopy(name); a != nil {
 		return a, nil
@@ -188,8 +161,7 @@ func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name s
 	return a, nil
 }
 
-// put writes an account: storage first, then the cache, the overlay and the
-// schedule, so that all four agree. Called with the account's lock held.
+// put is the one write of an account, with its lock held (see above).
 func (s *accountStore) put(ctx context.Context, st logical.Storage, name string, a *accountEntry, mode writeMode) error {
 	err := saveAccount(ctx, st, name, a)
 	if err != nil && mode == failWrite {
@@ -217,13 +189,11 @@ func (s *accountStore) put(ctx context.Context, st logical.Storage, name string,
 	return nil
 }
 
-// persist tries again to store a refreshed pair whose first write failed
-// with err: at least persistAttempts attempts in all, and for up to
-// persistFor, with pauses doubling (jittered) from 50 ms to persistPause.
-// It returns the last error, or nil once the pair is stored.
+// persist retries storing a pair whose first write failed with err: at least
+// persistAttempts tries and for up to persistFor, pauses doubling (jittered)
+// from 50 ms to persistPause. It returns the last error, or nil once stored.
 func (s *accountStore) persist(ctx context.Context, st logical.Storage, name string, a *accountEntry, err error) error {
-	// The pair is worth more than the request: a reader that gives up
-	// does not stop it from being stored.
+	// The pair is worth more than the request: a reader giving up can't stop it.
 	ctx = context.WithoutCancel(ctx)
 	start := time.Now()
 	s.logger().Warn("storage refused a refreshed token pair; trying again", "account", name, "generation", a.Generation,
@@ -273,10 +243,7 @@ func (s *accountStore) invalidate(name string) {
 // each calls fn with every cached entry (never to be changed).
 func (s *accountStore) each(fn func(name string, a *accountEntry)) {
 	s.mu.Lock()
-	cached := make(map[string]*accountEntry, len(s.cache))
-	for name, a := range s.cache {
-		cached[name] = a
-	}
+	cached := maps.Clone(s.cache)
 	s.mu.Unlock()
 	for name, a := range cached {
 		fn(name, a)
@@ -292,14 +259,14 @@ func (s *accountStore) unsavedCopy(name string) *accountEntry {
 	return nil
 }
 
-// noteFailure records why storage refused the account's refresh (see failures).
+// noteFailure records why storage refused the account's refresh (see
+// failures); failure returns it, or "".
 func (s *accountStore) noteFailure(name, msg string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failures[name] = msg
 }
 
-// failure is the refresh that storage last refused for the account, or "".
 func (s *accountStore) failure(name string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -313,21 +280,10 @@ func (s *accountStore) hasUnsaved(name string) bool {
 	return s.unsaved[name] != nil
 }
 
-// unsavedCount is how many refreshed pairs wait in memory.
-func (s *accountStore) unsavedCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.unsaved)
-}
-
-// flushLocked writes a refreshed pair held in memory, if there is one.
-// Called with the account's lock held.
-//
-// The pair is written only if storage still holds what it followed from
-// (the generation before it, or the same chain): if storage has moved on,
-// written by another node after this one lost its place (a partition, a
-// full disk) or by an operator, the pair in memory is stale and is dropped,
-// so that it never overwrites a newer chain.
+// flushLocked writes the account's pair held in memory, if any, with its lock
+// held, if storage still holds what it followed from. If storage has moved on
+// (another node wrote after this one lost its place, in a partition or a full
+// disk, or an operator did), the pair is stale: dropped, never overwriting a newer chain.
 func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name string) error {
 	pending := s.unsavedCopy(name)
 	if pending == nil {
@@ -354,8 +310,7 @@ func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name
 	return s.put(ctx, st, name, pending, failWrite)
 }
 
-// followsFrom reports whether pending, a pair held in memory, continues
-// stored: the chain it was refreshed from, or the same chain.
+// followsFrom: pending, held in memory, was refreshed from stored, or is the same chain.
 func followsFrom(pending, stored *accountEntry) bool {
 	switch {
 	case stored == nil:
@@ -367,9 +322,8 @@ func followsFrom(pending, stored *accountEntry) bool {
 	}
 }
 
-// flush tries to write the refreshed pairs held in memory (of names, or all):
-// called by readers of such an account and by every periodic tick, so that a
-// pair waits in memory, where a crash would lose it, no longer than it must.
+// flush writes the pairs held in memory (of names, or all); their readers and
+// every tick call it, so a pair waits in memory, where a crash loses it, no longer than it must.
 func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...string) {
 	if len(names) == 0 {
 		s.mu.Lock()
@@ -389,14 +343,13 @@ func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...s
 }
 
 // schedule puts an account in the keep-alive schedule at its due time, or
-// takes it out if it is not due at all.
+// takes it out if it is never due; scheduleLocked is schedule with s.mu held.
 func (s *accountStore) schedule(name string, a *accountEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scheduleLocked(name, a)
 }
 
-// scheduleLocked is schedule, with s.mu held.
 func (s *accountStore) scheduleLocked(name string, a *accountEntry) {
 	if s.load.inProgress != nil {
 		s.load.scheduled[name] = true
@@ -411,32 +364,27 @@ func (s *accountStore) scheduleLocked(name string, a *accountEntry) {
 	}
 }
 
-// nextDue returns the next account due at or before now, if there is one,
-// and moves it retryDelay on: whatever the keep-alive then writes puts it
-// where its entry says, and an account it could not touch (storage refused
-// the read, the write, or Ermeo did not answer before anything was written)
-// is looked at again then.
-func (s *accountStore) nextDue(now time.Time) (string, bool, error) {
+// nextDue returns the next account due by now, if any, and moves it
+// retryDelay on: the keep-alive's write puts it where its entry says, and an
+// account it could not touch (storage refused the read or write, or Ermeo did
+// not answer before anything was written) is looked at again then.
+func (s *accountStore) nextDue(now time.Time) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	item, err := s.queue.Pop()
-	if err == queue.ErrEmpty {
-		return "", false, nil
-	}
+	item, err := s.queue.Pop() // only ever ErrEmpty
 	if err != nil {
-		return "", false, err
+		return "", false
 	}
 	if item.Priority > now.Unix() {
 		_ = s.queue.Push(item)
-		return "", false, nil
+		return "", false
 	}
 	_ = s.queue.Push(&queue.Item{Key: item.Key, Priority: now.Add(retryDelay).Unix()})
-	return item.Key, true, nil
+	return item.Key, true
 }
 
-// scheduleLoadState is the keep-alive schedule's load from storage (guarded
-// by s.mu). The schedule is loaded once at start-up, and again at the tick
-// after config changes the defaults that due times depend on.
+// scheduleLoadState is the schedule's load from storage, guarded by s.mu: at
+// start-up, and at the tick after config changes the defaults of due times.
 type scheduleLoadState struct {
 	loaded     bool          // the queue holds every account, with config's current defaults
 	everLoaded bool          // a load has completed in this process
@@ -455,9 +403,8 @@ type scheduleLoad struct {
 	epoch  uint64
 }
 
-// beginLoad registers a load of the schedule and returns it, or nil when the
-// schedule is loaded or a load is already running (which the caller need not
-// wait for: a tick rotates what is scheduled so far).
+// beginLoad registers a load and returns it, or nil when the schedule is
+// loaded or being loaded (no need to wait: a tick rotates what is scheduled).
 func (s *accountStore) beginLoad(ctx context.Context) *scheduleLoad {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -470,12 +417,10 @@ func (s *accountStore) beginLoad(ctx context.Context) *scheduleLoad {
 	return l
 }
 
-// runLoad runs a load begun by beginLoad: first (config's load), then every
-// account read once, without its lock, and scheduled unless a write
-// scheduled it meanwhile. Accounts with an intent record left behind are due
-// at once: their stored refresh token may have been spent, and the next
-// refresh finds out. No lock is held across a storage call, so stopLoad
-// ends it within one storage call.
+// runLoad runs first (config's load), then reads every account once, without
+// its lock, and schedules it unless a write did meanwhile; one with an intent
+// record left behind is due at once (dueAt). No lock is held across a storage
+// call: stopLoad ends it within one.
 func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(context.Context) error) (err error) {
 	names, interrupted := []string(nil), 0
 	defer func() {
@@ -528,8 +473,7 @@ func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(c
 	return nil
 }
 
-// stopLoad cancels the load in progress, if any, and waits for it to end
-// (within one storage call).
+// stopLoad cancels the load in progress, if any, and waits for it to end.
 func (s *accountStore) stopLoad() {
 	s.mu.Lock()
 	l := s.load.inProgress
@@ -540,8 +484,7 @@ func (s *accountStore) stopLoad() {
 	}
 }
 
-// reschedule makes the next tick load the schedule again: config changed the
-// defaults that due times depend on.
+// reschedule makes the next tick load the schedule again (config's defaults changed).
 func (s *accountStore) reschedule() {
 	s.mu.Lock()
 	s.load.epoch++
