@@ -52,7 +52,8 @@ type outcomeRule struct {
 	refreshes string      // ermeo_refreshes_total's outcome label
 	passwords string      // ermeo_password_grants_total's outcome label
 	event     string      // the event sent on Vault's bus when it ends a refresh
-	level     hclog.Level // the level of its log line
+	log       string      // its log line (the e2e tests read some)
+	level     hclog.Level // and level
 	// status is the HTTP status of a read or rotate that the refresh failed
 	// (a still valid token is served instead, with a warning); write, of an
 	// operator's write whose grant failed.
@@ -63,11 +64,16 @@ type outcomeRule struct {
 
 // outcomes is the one table of outcomes.
 var outcomes = map[outcomeKind]outcomeRule{
-	outcomeGranted:        {refreshes: "success", passwords: "success", event: eventRotated, level: hclog.Info},
-	outcomeRefused:        {refreshes: "chain_gone", passwords: "rejected", event: eventChainLost, level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadRequest},
-	outcomeRejected:       {refreshes: "rejected", passwords: "rejected", event: eventRotationFailed, level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadRequest, backoff: true},
-	outcomeNoAnswer:       {refreshes: "unknown", passwords: "unknown", event: eventRotationFailed, level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadGateway, backoff: true},
-	outcomeStorageRefused: {refreshes: "storage_refused", level: hclog.Error, status: http.StatusInternalServerError},
+	outcomeGranted: {refreshes: "success", passwords: "success", event: eventRotated,
+		log: "rotated refresh chain", level: hclog.Info},
+	outcomeRefused: {refreshes: "chain_gone", passwords: "rejected", event: eventChainLost,
+		log: "refresh chain is gone", level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadRequest},
+	outcomeRejected: {refreshes: "rejected", passwords: "rejected", event: eventRotationFailed,
+		log: "Ermeo rejected the refresh; the refresh token was not spent", level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadRequest, backoff: true},
+	outcomeNoAnswer: {refreshes: "unknown", passwords: "unknown", event: eventRotationFailed,
+		log: "refresh outcome unknown; the refresh token may be spent", level: hclog.Warn, status: http.StatusBadGateway, write: http.StatusBadGateway, backoff: true},
+	outcomeStorageRefused: {refreshes: "storage_refused",
+		log: "storage refused a refresh's write", level: hclog.Error, status: http.StatusInternalServerError},
 }
 
 // grantKind is what a grant is for.
@@ -257,7 +263,7 @@ func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *ac
 			return nil, errSimulatedCrash
 		}
 		b.emit(ctx, rule.event, op.mount, op.name, "generation", fmt.Sprint(next.Generation))
-		b.Logger().Info("rotated refresh chain", "account", op.name, "generation", next.Generation)
+		b.Logger().Log(rule.level, rule.log, "account", op.name, "generation", next.Generation)
 		return next, nil
 	}
 
@@ -301,7 +307,7 @@ func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *ac
 		detail = append(detail, "how", how)
 	}
 	b.emit(ctx, rule.event, op.mount, op.name, detail...)
-	b.Logger().Log(rule.level, "refresh failed", "account", op.name, "generation", next.Generation, "outcome", rule.refreshes,
+	b.Logger().Log(rule.level, rule.log, "account", op.name, "generation", next.Generation, "attempts", attempts,
 		"how", how, "next_attempt_at", next.NextAttemptAt, "cause", next.LastError)
 	if err := b.store.put(ctx, op.storage, op.name, next, failWrite); err != nil {
 		b.store.noteFailure(op.name, "storage refused the refresh's outcome: "+err.Error())
@@ -338,9 +344,10 @@ func (b *backend) emit(ctx context.Context, eventType, mount, name string, pairs
 // sent, and notes it where the account's status shows it: storage, which
 // refused the write, cannot record it.
 func (b *backend) storageRefused(op accountOp, err error) error {
-	b.metrics.refreshes.WithLabelValues(outcomes[outcomeStorageRefused].refreshes).Inc()
+	rule := outcomes[outcomeStorageRefused]
+	b.metrics.refreshes.WithLabelValues(rule.refreshes).Inc()
 	b.store.noteFailure(op.name, err.Error())
-	b.Logger().Error("storage refused a refresh's write", "account", op.name, "error", err)
+	b.Logger().Log(rule.level, rule.log, "account", op.name, "error", err)
 	return err
 }
 

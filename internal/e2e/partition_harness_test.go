@@ -526,16 +526,16 @@ func auditChains(nc *nsCluster, reqs []fakeermeo.TokenRequest, ints []interrupti
 }
 
 // lostByPluginInLogs counts the refreshes that found a chain gone with no
-// intent record left by an earlier attempt (lost_to_network=false): the
-// plugin believed the stored refresh token unspent, and Ermeo had consumed
-// it. Every fault of these tests leaves an intent record behind when it
+// intent record left by an earlier attempt (how=refused, where an answer
+// lost with its intent record is how=lost_in_flight): the plugin believed the
+// stored refresh token unspent, and Ermeo had consumed it. Every fault of these tests leaves an intent record behind when it
 // interrupts a refresh, so each such line is a chain lost by the plugin.
 func lostByPluginInLogs(nc *nsCluster) (int, []string) {
 	n := 0
 	var lines []string
 	for _, node := range nc.Nodes {
 		for _, line := range strings.Split(node.Log(), "\n") {
-			if strings.Contains(line, "refresh chain is gone") && strings.Contains(line, "lost_to_network=false") {
+			if strings.Contains(line, "refresh chain is gone") && strings.Contains(line, "how=refused") {
 				n++
 				if len(lines) < 5 {
 					lines = append(lines, node.ID+": "+line)
