@@ -307,3 +307,28 @@ func withAccountName(h accountHandler) framework.OperationFunc {
 
 // accountHandler handles a path that names an account, with the name checked.
 type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)
+
+func getJSON(ctx context.Context, s logical.Storage, key string, out any) (bool, error) {
+	e, err := s.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if e == nil {
+		return false, nil
+	}
+	if err := e.DecodeJSON(out); err != nil {
+		return false, fmt.Errorf("decoding %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
+	e, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	if err := s.Put(ctx, e); err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}

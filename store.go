@@ -2,7 +2,6 @@ package ermeosecrets
 
 import (
 	"context"
-	"fmt"
 	"hash/maphash"
 	"maps"
 	"math"
@@ -490,29 +489,4 @@ func (s *accountStore) reschedule() {
 	s.load.epoch++
 	s.load.loaded = false
 	s.mu.Unlock()
-}
-
-func getJSON(ctx context.Context, s logical.Storage, key string, out any) (bool, error) {
-	e, err := s.Get(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if e == nil {
-		return false, nil
-	}
-	if err := e.DecodeJSON(out); err != nil {
-		return false, fmt.Errorf("decoding %s: %w", key, err)
-	}
-	return true, nil
-}
-
-func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
-	e, err := logical.StorageEntryJSON(key, v)
-	if err != nil {
-		return fmt.Errorf("encoding %s: %w", key, err)
-	}
-	if err := s.Put(ctx, e); err != nil {
-		return fmt.Errorf("writing %s: %w", key, err)
-	}
-	return nil
 }
