@@ -18,6 +18,7 @@ import (
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/ermeo"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/lockorder"
 )
 
 // The concurrency campaign: many goroutines drive every entry point of one
@@ -87,7 +88,7 @@ func printConcurrencyTable(seed int64, s *concurrencyStats, took time.Duration) 
 	}
 	sort.Strings(failures)
 	checked := "checked (-tags lockorder)"
-	if !lockOrderChecked {
+	if !lockorder.Checked {
 		checked = "NOT checked (built without -tags lockorder)"
 	}
 	fmt.Printf(`concurrency campaign (seed %d, %s)
@@ -286,7 +287,7 @@ func (r *concurrencyRun) step(rng *rand.Rand, op string) {
 
 func runConcurrencySchedule(t *testing.T, seed int64, total *concurrencyStats) {
 	rng := rand.New(rand.NewSource(seed))
-	inversionsBefore := lockOrderInversions()
+	inversionsBefore := lockorder.Inversions()
 	e := newTestEnv(t, fakeermeo.Options{})
 	slow := httptest.NewServer(&slowErmeo{fake: e.fake, rng: rand.New(rand.NewSource(seed))})
 	leaks := goleak.IgnoreCurrent() // the test servers' own; the backend has none yet
@@ -374,7 +375,7 @@ func runConcurrencySchedule(t *testing.T, seed int64, total *concurrencyStats) {
 				name, a.State, a.RotationIntent != nil, e.fake.RefreshTokenLive(a.RefreshToken), a.LastError, seed)
 		}
 	}
-	run.stats.inversions = lockOrderInversions() - inversionsBefore
+	run.stats.inversions = lockorder.Inversions() - inversionsBefore
 	if run.stats.inversions != 0 {
 		t.Errorf("%d lock-order inversions (reports on stderr; seed %d)", run.stats.inversions, seed)
 	}

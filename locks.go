@@ -1,10 +1,14 @@
 package ermeosecrets
 
-import "hash/maphash"
+import (
+	"hash/maphash"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/lockorder"
+)
 
 // The backend's locks and synchronisation, all of them, and the one order in
 // which they may be taken. Tests, the campaigns and the e2e tests' plugin
-// build check it (-tags lockorder, lockorder_check.go): any two locks ever
+// build check it (-tags lockorder, internal/lockorder): any two locks ever
 // taken in both orders, or a goroutine taking a second outer lock, are
 // reported. Release builds use plain sync.
 //
@@ -33,21 +37,7 @@ import "hash/maphash"
 // finds the backend through an atomic pointer (metrics.go).
 
 // outerLock is an account lock or the config lock.
-type outerLock struct{ mu mutex }
-
-func (l *outerLock) Lock() {
-	if lockOrderChecked {
-		takingOuter(l)
-	}
-	l.mu.Lock()
-}
-
-func (l *outerLock) Unlock() {
-	l.mu.Unlock()
-	if lockOrderChecked {
-		releasedOuter(l)
-	}
-}
+type outerLock = lockorder.Outer
 
 // accountLockCount is how many locks the accounts are hashed into.
 const accountLockCount = 256

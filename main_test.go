@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/lockorder"
 )
 
 // TestMain fails the run when the lock-order checker (-tags lockorder, as
@@ -11,11 +13,11 @@ import (
 // on a schedule that did not deadlock. Its reports are on stderr.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if n := lockOrderInversions(); n > 0 {
+	if n := lockorder.Inversions(); n > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: %d lock-order inversions (see the lock-order reports above; the order is in locks.go)\n", n)
 		code = 1
 	}
-	if !lockOrderChecked && os.Getenv("ERMEO_LOCK_ORDER_REQUIRED") != "" {
+	if !lockorder.Checked && os.Getenv("ERMEO_LOCK_ORDER_REQUIRED") != "" {
 		fmt.Fprintln(os.Stderr, "FAIL: ERMEO_LOCK_ORDER_REQUIRED is set but the tests were built without -tags lockorder")
 		code = 1
 	}

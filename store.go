@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/lockorder"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/helper/backoff"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -74,7 +75,7 @@ const (
 type accountStore struct {
 	locks *accountLocks // one per account (locks.go)
 
-	mu mutex
+	mu lockorder.Mutex
 	// cache: name -> the entry storage holds, never mutated once stored, so
 	// that a read of a token with enough life left makes no storage call.
 	cache   map[string]*accountEntry

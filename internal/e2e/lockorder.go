@@ -10,7 +10,7 @@ import (
 
 // PluginBuildTags are the build tags BuildPlugin builds the plugin with. The
 // e2e tests set "lockorder", so that the plugin checks its lock order in
-// every real Vault they start (the root package's lockorder_check.go); the
+// every real Vault they start (internal/lockorder); the
 // bench and make cluster build it as released.
 var PluginBuildTags = ""
 

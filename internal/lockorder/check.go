@@ -1,6 +1,6 @@
 //go:build lockorder
 
-package ermeosecrets
+package lockorder
 
 import (
 	"bytes"
@@ -14,18 +14,11 @@ import (
 	"github.com/sasha-s/go-deadlock"
 )
 
-// Built with -tags lockorder (make test, the campaigns, the e2e tests' plugin
-// binary): every mutex of the backend is go-deadlock's, which records, per
-// goroutine, the order in which locks are taken and reports the first time
-// two locks are taken in both orders, on that schedule, whether or not it
-// deadlocks. A report is counted (tests fail on any), and written to stderr
-// as one error line of the plugin's JSON log, which Vault puts in its own
-// log (the e2e tests fail on any).
+// Mutex records the order in which locks are taken (go-deadlock).
+type Mutex = deadlock.Mutex
 
-type mutex = deadlock.Mutex
-
-// lockOrderChecked says whether this build checks the lock order.
-const lockOrderChecked = true
+// Checked says whether this build checks the lock order.
+const Checked = true
 
 var (
 	inversions     atomic.Int64
@@ -60,20 +53,19 @@ func init() {
 	}
 }
 
-// lockOrderInversions is how many lock-order inversions this process saw.
-func lockOrderInversions() int64 { return inversions.Load() }
+// Inversions is how many lock-order inversions this process saw.
+func Inversions() int64 { return inversions.Load() }
 
-// outerHeld is, per goroutine, the outer lock it holds (locks.go).
+// outerHeld is, per goroutine, the Outer lock it holds.
 var outerHeld = struct {
 	sync.Mutex
-	by map[int64]*outerLock
-}{by: map[int64]*outerLock{}}
+	by map[int64]*Outer
+}{by: map[int64]*Outer{}}
 
-// takingOuter reports a goroutine that takes an outer lock while it holds
-// one (two account locks, or an account lock and the config lock), as an
-// inversion: the order forbids it whether or not another goroutine ever
-// takes the two the other way round.
-func takingOuter(l *outerLock) {
+// takingOuter reports a goroutine that takes an Outer lock while it holds
+// one, as an inversion: the order forbids it whether or not another
+// goroutine ever takes the two the other way round.
+func takingOuter(l *Outer) {
 	gid := goid.Get()
 	outerHeld.Lock()
 	held := outerHeld.by[gid]
@@ -83,11 +75,11 @@ func takingOuter(l *outerLock) {
 		inversions.Add(1)
 		buf := make([]byte, 64<<10)
 		n := runtime.Stack(buf, false)
-		inversionLines.Error("lock-order inversion: a second account or config lock taken while one is held", "report", string(buf[:n]))
+		inversionLines.Error("lock-order inversion: a second outer lock taken while one is held", "report", string(buf[:n]))
 	}
 }
 
-func releasedOuter(*outerLock) {
+func releasedOuter(*Outer) {
 	gid := goid.Get()
 	outerHeld.Lock()
 	delete(outerHeld.by, gid)
