@@ -255,15 +255,9 @@ func (b *backend) rotateLocked(ctx context.Context, op accountOp, a *accountEntr
 func (b *backend) applyOutcomeLocked(ctx context.Context, op accountOp, next *accountEntry, res grantResult, attempts int) (*accountEntry, error) {
 	rule, now := outcomes[res.kind], b.now()
 	if res.kind == outcomeGranted {
-		applyGrant(next, res.tok, res.sentAt, now)
-		if err := b.store.put(ctx, op.storage, op.name, next, keepUnsaved); err != nil {
-			return next, err
+		if err := b.storeGrantLocked(ctx, op, next, res, keepUnsaved, rule.log); err != nil {
+			return nil, err
 		}
-		if b.crashed(crashAfterWrite) {
-			return nil, errSimulatedCrash
-		}
-		b.emit(ctx, rule.event, op.mount, op.name, "generation", fmt.Sprint(next.Generation))
-		b.Logger().Log(rule.level, rule.log, "account", op.name, "generation", next.Generation)
 		return next, nil
 	}
 
@@ -340,6 +334,21 @@ func (b *backend) emit(ctx context.Context, eventType, mount, name string, pairs
 	}
 }
 
+// storeGrantLocked records a granted pair onto next, stores it (mode: see
+// writeMode), and announces it: the event, with detail, and the log line.
+func (b *backend) storeGrantLocked(ctx context.Context, op accountOp, next *accountEntry, res grantResult, mode writeMode, logLine string, detail ...string) error {
+	applyGrant(next, res.tok, res.sentAt, b.now())
+	if err := b.store.put(ctx, op.storage, op.name, next, mode); err != nil {
+		return err
+	}
+	if b.crashed(crashAfterWrite) {
+		return errSimulatedCrash
+	}
+	b.emit(ctx, eventRotated, op.mount, op.name, append([]string{"generation", fmt.Sprint(next.Generation)}, detail...)...)
+	b.Logger().Info(logLine, "account", op.name, "generation", next.Generation)
+	return nil
+}
+
 // storageRefused counts a refresh that storage stopped before anything was
 // sent, and notes it where the account's status shows it: storage, which
 // refused the write, cannot record it.
@@ -382,16 +391,10 @@ func (b *backend) rebootstrapLocked(ctx context.Context, op accountOp, a *accoun
 			res := b.grant(ctx, op.cfg, op.client, grantRebootstrap, a.Username, password)
 			switch res.kind {
 			case outcomeGranted:
-				applyGrant(next, res.tok, res.sentAt, now)
-				if err := b.store.put(ctx, op.storage, op.name, next, keepUnsaved); err != nil {
-					return next, err
-				}
-				if b.crashed(crashAfterWrite) {
-					return nil, errSimulatedCrash
+				if err := b.storeGrantLocked(ctx, op, next, res, keepUnsaved, "started a new refresh chain with the kept password", "recovered", "true"); err != nil {
+					return nil, err
 				}
 				b.metrics.chainsRecovered.Inc()
-				b.emit(ctx, eventRotated, op.mount, op.name, "generation", fmt.Sprint(next.Generation), "recovered", "true")
-				b.Logger().Info("started a new refresh chain with the kept password", "account", op.name, "generation", next.Generation)
 				return next, nil
 			case outcomeNoAnswer:
 				next.NextAttemptAt = now.Add(passwordGrantBackoff)
@@ -440,12 +443,9 @@ func (b *backend) adoptLocked(ctx context.Context, op accountOp, a *accountEntry
 		// RFC 6749 section 6: the token given stays current.
 		res.tok.RefreshToken = refreshToken
 	}
-	applyGrant(next, res.tok, res.sentAt, b.now())
-	if err := b.store.put(ctx, op.storage, op.name, next, keepUnsaved); err != nil {
+	if err := b.storeGrantLocked(ctx, op, next, res, keepUnsaved, "adopted a refresh chain", "adopted", "true"); err != nil {
 		return nil, err
 	}
-	b.emit(ctx, eventRotated, op.mount, op.name, "generation", fmt.Sprint(next.Generation), "adopted", "true")
-	b.Logger().Info("adopted a refresh chain", "account", op.name, "generation", next.Generation)
 	return next, nil
 }
 
@@ -464,13 +464,12 @@ func (b *backend) startChainLocked(ctx context.Context, op accountOp, a *account
 	if res.kind != outcomeGranted {
 		return nil, grantError("password", res)
 	}
-	next := a.clone()
-	applyGrant(next, res.tok, res.sentAt, b.now())
-	next.PasswordKept = keep
-	if msg := minTTLError(next, op.cfg, res.tok.ExpiresIn); msg != "" {
+	if msg := minTTLError(a, op.cfg, res.tok.ExpiresIn); msg != "" {
 		return nil, requestError(http.StatusBadRequest, msg)
 	}
-	if err := b.store.put(ctx, op.storage, op.name, next, failWrite); err != nil {
+	next := a.clone()
+	next.PasswordKept = keep
+	if err := b.storeGrantLocked(ctx, op, next, res, failWrite, "started a new refresh chain with a password grant", "password_grant", "true"); err != nil {
 		return nil, err
 	}
 	if keep {
@@ -478,8 +477,6 @@ func (b *backend) startChainLocked(ctx context.Context, op accountOp, a *account
 			return nil, fmt.Errorf("the new chain is stored, but the password could not be kept (write the password again with store_password=true): %w", err)
 		}
 	}
-	b.emit(ctx, eventRotated, op.mount, op.name, "generation", fmt.Sprint(next.Generation), "password_grant", "true")
-	b.Logger().Info("started a new refresh chain with a password grant", "account", op.name, "generation", next.Generation)
 	return next, nil
 }
 
