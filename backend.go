@@ -2,20 +2,7 @@
 // integration's client credentials and, for each Ermeo account, the current
 // single-use refresh token, and serves leased access tokens from creds/<name>.
 //
-// One file per noun:
-//
-//	backend.go        Factory, the backend, its lifecycle (initialize, clean, invalidate)
-//	config.go         the connection to Ermeo: entry, limits and defaults, load/save, one cache
-//	account.go        an account: entry, rules, load/save, the grant it records, its view
-//	store.go          the account store: cache, overlay, keep-alive schedule, storage keys
-//	rotation.go       the refresh protocol and its grants, each outcome applied in one place
-//	client.go         the Ermeo client, built once per config
-//	keepalive.go      the periodic function that rotates idle chains
-//	locks.go          every lock, and the one order in which they may be taken
-//	fields.go         what fields allow beyond their types (the framework's), in the operator's words
-//	humanize.go       durations and cut strings, as a person reads them
-//	metrics.go        metrics and events
-//	path_*.go         one file per endpoint: config, accounts, creds, metrics
+// One file per noun; docs/code.md says which holds what.
 package ermeosecrets
 
 import (

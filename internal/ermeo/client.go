@@ -1,11 +1,9 @@
-// Package ermeo is a client for Ermeo's OAuth 2.0 token endpoint
-// (POST {api_url}/oauth/v2/token) and for the profile route that checks a
-// token.
+// Package ermeo is a client for Ermeo's OAuth 2.0 token endpoint (POST
+// {APIURL}/oauth/v2/token) and for the profile route that checks a token.
 //
 // A refresh token works once, so the client never retries, never follows a
-// redirect, and sorts every failure into one of two kinds: the server answered
-// with an OAuth error (*RejectedError: nothing was granted), or there is no
-// usable answer (*UnknownOutcomeError: the grant may have happened). Secrets
+// redirect, and sorts every failure into two kinds: *RejectedError (nothing
+// was granted) and *UnknownOutcomeError (the grant may have happened). Secrets
 // travel only in request bodies and headers, never in URLs or error strings.
 // The package does no logging.
 package ermeo
@@ -31,26 +29,17 @@ type BodyFormat string
 const (
 	BodyJSON BodyFormat = "json" // application/json, as Ermeo documents (the default)
 	BodyForm BodyFormat = "form" // application/x-www-form-urlencoded, as Ermeo's SDK sends
-	// BodyAuto sends JSON and, if the server answers exactly what a server
-	// that reads only form fields answers to a JSON body (invalid_request
-	// "Invalid grant_type parameter or parameter missing": it found no
-	// grant_type, so it looked at no credential and no refresh token, and
-	// spent nothing), sends the same grant once more, form-encoded. The
-	// format that worked is then used for every later request (Detected).
+	// BodyAuto sends JSON and, if the server answers as one that reads only
+	// form fields (invalid_request "Invalid grant_type parameter or parameter
+	// missing": it read nothing, so nothing was spent), the same grant once
+	// more as a form. Later requests use the format that worked (Client.Detected).
 	BodyAuto BodyFormat = "auto"
 )
 
-// stockJSONRefusal is the error_description of the stock server library's
-// answer to a body it did not read.
-const stockJSONRefusal = "Invalid grant_type parameter or parameter missing"
-
-// DefaultAPIURL is Ermeo's API base URL, used when Config.APIURL is empty.
-const DefaultAPIURL = "https://api.ermeo.com"
-
-// MaxResponseBytes is the most of a response body the client reads.
-const MaxResponseBytes = 1 << 20
-
 const (
+	DefaultAPIURL    = "https://api.ermeo.com" // used when Config.APIURL is empty
+	MaxResponseBytes = 1 << 20                 // the most of a response body the client reads
+
 	tokenPath   = "/oauth/v2/token"
 	profilePath = "/api/v1/profile"
 	userAgent   = "vault-plugin-secrets-ermeo"
@@ -58,18 +47,14 @@ const (
 
 // Config configures a Client.
 type Config struct {
-	// APIURL is the base URL, with or without a trailing slash; "" means
-	// DefaultAPIURL. The token endpoint is APIURL + "/oauth/v2/token".
-	APIURL       string
+	APIURL       string // base URL, trailing slash optional; "" means DefaultAPIURL
 	ClientID     string
 	ClientSecret string
 	BodyFormat   BodyFormat // "" means BodyJSON
-	// Detected is, for BodyAuto, the format an earlier client found to work
-	// ("" when none was found yet).
-	Detected BodyFormat
-	// HTTPClient is used for every call; nil means a new client with a clone of
-	// http.DefaultTransport and no overall Timeout (bound calls with ctx). The
-	// client is copied, never mutated; the copy never follows redirects.
+	Detected     BodyFormat // for BodyAuto: an earlier Client's Detected()
+	// HTTPClient is copied, never mutated, and the copy never follows
+	// redirects; nil means a clone of http.DefaultTransport and no Timeout
+	// (bound calls with ctx).
 	HTTPClient *http.Client
 }
 
@@ -80,9 +65,7 @@ type Client struct {
 	clientSecret string
 	format       BodyFormat
 	http         *http.Client
-	// detected is, for BodyAuto, the format found to work (a BodyFormat
-	// string), or "".
-	detected atomic.Value
+	detected     atomic.Value // string: Detected() of a BodyAuto client
 }
 
 // New checks cfg and returns a Client.
@@ -153,8 +136,8 @@ func ParseAPIURL(raw string) (*url.URL, error) {
 	return u, nil
 }
 
-// tokenRequest holds the fields of a token request body. Empty fields are
-// left out, so that the server names a missing parameter precisely.
+// tokenRequest is a token request body. Empty fields are left out, so that
+// the server names a missing parameter precisely.
 type tokenRequest struct {
 	GrantType    string `json:"grant_type"`
 	ClientID     string `json:"client_id,omitempty"`
@@ -164,36 +147,19 @@ type tokenRequest struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
 }
 
-func (r tokenRequest) form() url.Values {
-	v := url.Values{}
-	add := func(k, s string) {
-		if s != "" {
-			v.Set(k, s)
-		}
-	}
-	add("grant_type", r.GrantType)
-	add("client_id", r.ClientID)
-	add("client_secret", r.ClientSecret)
-	add("username", r.Username)
-	add("password", r.Password)
-	add("refresh_token", r.RefreshToken)
-	return v
-}
-
 // PasswordGrant exchanges a username and password for a token pair.
 func (c *Client) PasswordGrant(ctx context.Context, username, password string) (*Token, error) {
 	return c.grant(ctx, tokenRequest{GrantType: "password", Username: username, Password: password})
 }
 
-// RefreshGrant exchanges a refresh token for a new token pair. The refresh
-// token works once: on an *UnknownOutcomeError it may be spent. If the returned Token has no RefreshToken, refreshToken stays current.
+// RefreshGrant exchanges a refresh token for a new token pair (see
+// Token.RefreshToken).
 func (c *Client) RefreshGrant(ctx context.Context, refreshToken string) (*Token, error) {
 	return c.grant(ctx, tokenRequest{GrantType: "refresh_token", RefreshToken: refreshToken})
 }
 
-// Detected is, for a BodyAuto client, the body format found to work: BodyJSON
-// or BodyForm, or "" while no token request has been answered yet. For other
-// clients it is their format.
+// Detected is the format a BodyAuto client found to work, "" until a token
+// request is answered; for other clients, their format.
 func (c *Client) Detected() BodyFormat {
 	if c.format != BodyAuto {
 		return c.format
@@ -203,53 +169,47 @@ func (c *Client) Detected() BodyFormat {
 }
 
 func (c *Client) grant(ctx context.Context, r tokenRequest) (*Token, error) {
-	format := c.format
-	if format == BodyAuto {
-		if format = c.Detected(); format == "" {
-			format = BodyJSON
-		}
+	if c.format != BodyAuto {
+		return c.grantAs(ctx, r, c.format)
+	}
+	format := c.Detected()
+	if format == "" {
+		format = BodyJSON
 	}
 	tok, err := c.grantAs(ctx, r, format)
+	if format == BodyJSON && unread(err) {
+		format = BodyForm // nothing was spent: the same grant, once, as a form
+		tok, err = c.grantAs(ctx, r, format)
+	}
 	var re *RejectedError
-	switch {
-	case c.format != BodyAuto:
-	case format == BodyJSON && errors.As(err, &re) && re.Code == "invalid_request" && re.Description == stockJSONRefusal:
-		// The server read no field of the JSON body: nothing was looked
-		// at, nothing spent. The same grant, once, as a form.
-		tok, err = c.grantAs(ctx, r, BodyForm)
-		if answeredByServer(err) {
-			c.detected.Store(string(BodyForm))
-		}
-	case answeredByServer(err):
-		// The server read this format (it answered a token, or an OAuth
-		// error about the grant itself).
-		c.detected.Store(string(format))
+	if err == nil || errors.As(err, &re) && !unread(err) {
+		c.detected.Store(string(format)) // a token or an OAuth error: the body was read
 	}
 	return tok, err
 }
 
-// answeredByServer reports whether err (from grantAs) shows that the server
-// read the request's body: a token, or an OAuth error other than the stock
-// library's answer to a body it did not read.
-func answeredByServer(err error) bool {
+// unread reports whether err is the stock server library's answer to a body it
+// did not read (see BodyAuto).
+func unread(err error) bool {
 	var re *RejectedError
-	if err == nil {
-		return true
-	}
-	return errors.As(err, &re) && !(re.Code == "invalid_request" && re.Description == stockJSONRefusal)
+	return errors.As(err, &re) && re.Code == "invalid_request" &&
+		re.Description == "Invalid grant_type parameter or parameter missing"
 }
 
 // grantAs sends one token request with the body in format (json or form).
 func (c *Client) grantAs(ctx context.Context, r tokenRequest, format BodyFormat) (*Token, error) {
 	r.ClientID, r.ClientSecret = c.clientID, c.clientSecret
-
-	var body []byte
+	body, _ := json.Marshal(r) // a struct of strings always encodes
 	contentType := "application/json"
 	if format == BodyForm {
-		body = []byte(r.form().Encode())
-		contentType = "application/x-www-form-urlencoded"
-	} else {
-		body, _ = json.Marshal(r) // a struct of strings always encodes
+		form := url.Values{}
+		for k, v := range map[string]string{"grant_type": r.GrantType, "client_id": r.ClientID, "client_secret": r.ClientSecret,
+			"username": r.Username, "password": r.Password, "refresh_token": r.RefreshToken} {
+			if v != "" { // left out, as in the JSON
+				form.Set(k, v)
+			}
+		}
+		body, contentType = []byte(form.Encode()), "application/x-www-form-urlencoded"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+tokenPath, bytes.NewReader(body))
 	if err != nil {

@@ -28,9 +28,8 @@ func (e *RejectedError) Error() string {
 	return fmt.Sprintf("ermeo: rejected with HTTP %d: %s", e.StatusCode, e.Message())
 }
 
-// Message is the error without the package's prefix and status, for a
-// sentence that already says who refused: "invalid_grant: Invalid refresh
-// token (check ...)".
+// Message is the error without prefix and status, for a sentence that says
+// who refused: "invalid_grant: Invalid refresh token (hint)".
 func (e *RejectedError) Message() string {
 	msg := e.Code
 	if e.Description != "" {
@@ -47,8 +46,8 @@ func (e *RejectedError) Message() string {
 // password grant starts a new chain.
 func (e *RejectedError) ChainGone() bool { return e.Code == "invalid_grant" }
 
-// UnknownOutcomeError means there is no usable answer: the request may or may
-// not have been acted on, so a refresh token sent with it may be spent.
+// UnknownOutcomeError means there is no usable answer: the request may have
+// been acted on, so a refresh token sent with it may be spent.
 type UnknownOutcomeError struct {
 	StatusCode int           // 0 when no response arrived
 	Reason     string        // short: "timeout", "connection reset", "HTTP 503", "response is not JSON", ...
@@ -60,8 +59,7 @@ func (e *UnknownOutcomeError) Error() string {
 	return "ermeo: outcome unknown: " + e.Message()
 }
 
-// Message is the error without the package's prefix: "timeout: ...",
-// "HTTP 503", "connection reset".
+// Message is the error without prefix: "HTTP 503, retry after 5s".
 func (e *UnknownOutcomeError) Message() string {
 	msg := e.Reason
 	if e.StatusCode != 0 && !strings.HasPrefix(e.Reason, "HTTP ") {
@@ -78,19 +76,14 @@ func (e *UnknownOutcomeError) Message() string {
 
 func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
 
-// Message is err's text without the package's prefix, for the Client's own
-// errors; any other error's text as it is.
+// Message is the Message of the *RejectedError or *UnknownOutcomeError in
+// err's chain, else err's text.
 func Message(err error) string {
-	var re *RejectedError
-	var ue *UnknownOutcomeError
-	switch {
-	case errors.As(err, &re):
-		return re.Message()
-	case errors.As(err, &ue):
-		return ue.Message()
-	default:
-		return err.Error()
+	var m interface{ Message() string }
+	if errors.As(err, &m) {
+		return m.Message()
 	}
+	return err.Error()
 }
 
 // unknownFrom builds an UnknownOutcomeError for a response.
@@ -129,12 +122,9 @@ func transportError(ctx context.Context, status int, err error) *UnknownOutcomeE
 	return e
 }
 
-// rejection classifies a readable non-200 answer (a 4xx other than 429): a
-// *RejectedError if the body is an OAuth error, else an *UnknownOutcomeError.
-//
-// The server's text is shown to operators, so any secret the request carried,
-// and any token the body itself holds, is redacted from it first: a server or
-// proxy that echoes a token must not put it into an error.
+// rejection classifies a readable non-200 answer: a *RejectedError if the body
+// is an OAuth error, else an *UnknownOutcomeError. The secrets the request
+// carried, and any token in the body, are redacted from the server's text.
 func rejection(resp *http.Response, body []byte, secrets ...string) error {
 	var fields map[string]json.RawMessage
 	_ = json.Unmarshal(body, &fields)
@@ -166,34 +156,25 @@ func rejection(resp *http.Response, body []byte, secrets ...string) error {
 // clean makes server text safe to show: non-printable characters become '?',
 // and the result has at most 200 characters.
 func clean(s string) string {
-	const max = 200
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
-		}
-		return '?'
-	}, s)
-	if r := []rune(s); len(r) > max {
-		s = string(r[:max])
+	r := []rune(s) // invalid UTF-8 becomes U+FFFD
+	if len(r) > 200 {
+		r = r[:200]
 	}
-	return s
+	for i := range r {
+		if !unicode.IsPrint(r[i]) {
+			r[i] = '?'
+		}
+	}
+	return string(r)
 }
 
 // retryAfter parses a Retry-After value: delay seconds or an HTTP date.
 func retryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 || n > int64(maxDuration/time.Second) {
-			return 0
-		}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 && n <= int64(maxDuration/time.Second) {
 		return time.Duration(n) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now).Round(time.Second); d > 0 {
-			return d
-		}
+		return max(t.Sub(now).Round(time.Second), 0)
 	}
 	return 0
 }
