@@ -32,23 +32,21 @@ const accountVersion = 1
 
 // accountEntry is one Ermeo account and the current link of its refresh chain.
 type accountEntry struct {
-	Version              int       `json:"version"`
-	Username             string    `json:"username"`
-	PasswordKept         bool      `json:"password_kept"`
-	RefreshToken         string    `json:"refresh_token"`
-	RefreshTokenIssuedAt time.Time `json:"refresh_token_issued_at"`
-	AccessToken          string    `json:"access_token"`
-	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
-	// AccessTokenLifetime is the issuing grant's expires_in (0 when unknown).
-	AccessTokenLifetime time.Duration `json:"access_token_lifetime,omitempty"`
-	Generation          uint64        `json:"generation"`
-	LastRotation        time.Time     `json:"last_rotation"`
-	LastError           string        `json:"last_error,omitempty"`
-	State               string        `json:"state"`
-	MinTTL              time.Duration `json:"min_ttl,omitempty"`
-	RotationPeriod      time.Duration `json:"rotation_period,omitempty"`
-	// Lease is the account's lease mode; nil means config's default_lease.
-	Lease *bool `json:"lease,omitempty"`
+	Version              int           `json:"version"`
+	Username             string        `json:"username"`
+	PasswordKept         bool          `json:"password_kept"`
+	RefreshToken         string        `json:"refresh_token"`
+	RefreshTokenIssuedAt time.Time     `json:"refresh_token_issued_at"`
+	AccessToken          string        `json:"access_token"`
+	AccessTokenExpiresAt time.Time     `json:"access_token_expires_at"`
+	AccessTokenLifetime  time.Duration `json:"access_token_lifetime,omitempty"` // the grant's expires_in, 0 if unknown
+	Generation           uint64        `json:"generation"`
+	LastRotation         time.Time     `json:"last_rotation"`
+	LastError            string        `json:"last_error,omitempty"`
+	State                string        `json:"state"`
+	MinTTL               time.Duration `json:"min_ttl,omitempty"`
+	RotationPeriod       time.Duration `json:"rotation_period,omitempty"`
+	Lease                *bool         `json:"lease,omitempty"` // nil: config's default_lease
 	// Whose Ermeo account this is, from GET /api/v1/profile when written.
 	ErmeoUserID    string          `json:"ermeo_user_id,omitempty"`
 	ErmeoEmail     string          `json:"ermeo_email,omitempty"`
@@ -58,14 +56,12 @@ type accountEntry struct {
 	// rejected client): refreshes wait until then (backoff, or Retry-After)
 	// unless an operator forces one. Failures counts the failed refreshes
 	// since the last grant, which the backoff doubles with.
-	NextAttemptAt time.Time `json:"next_attempt_at,omitempty"`
-	Failures      int       `json:"failures,omitempty"`
-	// RejectedByConfig is the config revision whose client Ermeo rejected:
-	// a config written since (a new revision) lifts the backoff.
-	RejectedByConfig uint64 `json:"rejected_by_config,omitempty"`
-	// ChainLostAt and ChainLostHow (lost_in_flight or refused) record the
-	// last chain found gone, kept across new chains, so that the status and
-	// metrics show it even after a plugin reload restarts the counters.
+	NextAttemptAt    time.Time `json:"next_attempt_at,omitempty"`
+	Failures         int       `json:"failures,omitempty"`
+	RejectedByConfig uint64    `json:"rejected_by_config,omitempty"` // the revision whose client Ermeo rejected (backoffLifted)
+	// ChainLostAt and ChainLostHow (lost_in_flight or refused): the last chain
+	// found gone, kept across chains so that status and metrics show it even
+	// after a plugin reload restarts the counters.
 	ChainLostAt  time.Time `json:"chain_lost_at,omitempty"`
 	ChainLostHow string    `json:"chain_lost_how,omitempty"`
 }
@@ -93,22 +89,16 @@ func effectiveLease(a *accountEntry, cfg *configEntry) bool {
 	return cfg == nil || cfg.DefaultLease
 }
 
-// effectiveMinTTL is the least life a token handed out has left: the
-// account's own min_ttl, or config's default, or the engine's.
+// effectiveMinTTL is the least life a token handed out has left, and
+// effectiveRotationPeriod how old an idle chain's refresh token may get before
+// the keep-alive rotates it: the account's own, or config's default (which
+// upgradeConfig fills in older configs), or the engine's with no config.
 func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
-	if cfg == nil {
-		cfg = &configEntry{}
-	}
-	return cmp.Or(a.MinTTL, cfg.DefaultMinTTL, defaultMinTTL)
+	return cmp.Or(a.MinTTL, cmp.Or(cfg, newConfig()).DefaultMinTTL)
 }
 
-// effectiveRotationPeriod is how old an idle chain's refresh token may get
-// before the keep-alive rotates it (the account's, config's, the engine's).
 func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
-	if cfg == nil {
-		cfg = &configEntry{}
-	}
-	return cmp.Or(a.RotationPeriod, cfg.DefaultRotationPeriod, defaultRotationPeriod)
+	return cmp.Or(a.RotationPeriod, cmp.Or(cfg, newConfig()).DefaultRotationPeriod)
 }
 
 // backoffLifted reports whether config changed since Ermeo rejected the
@@ -277,12 +267,9 @@ func listAccounts(ctx context.Context, s logical.Storage) ([]string, error) {
 }
 
 func loadPassword(ctx context.Context, s logical.Storage, name string) (string, error) {
-	var p passwordEntry
-	ok, err := getJSON(ctx, s, passwordKey(name), &p)
-	if err != nil || !ok {
-		return "", err
-	}
-	return p.Password, nil
+	var p passwordEntry // "" when there is none
+	_, err := getJSON(ctx, s, passwordKey(name), &p)
+	return p.Password, err
 }
 
 func savePassword(ctx context.Context, s logical.Storage, name, password string) error {
@@ -293,8 +280,8 @@ func deletePassword(ctx context.Context, s logical.Storage, name string) error {
 	return s.Delete(ctx, passwordKey(name))
 }
 
-// withAccountName checks the path's account name for every handler that takes
-// one: a bad name is a 400 that says what is allowed.
+// withAccountName checks the path's account name for every accountHandler: a
+// bad name is a 400 that says what is allowed.
 func withAccountName(h accountHandler) framework.OperationFunc {
 	return func(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 		name := d.Get("name").(string)
@@ -305,7 +292,6 @@ func withAccountName(h accountHandler) framework.OperationFunc {
 	}
 }
 
-// accountHandler handles a path that names an account, with the name checked.
 type accountHandler func(ctx context.Context, req *logical.Request, d *framework.FieldData, name string) (*logical.Response, error)
 
 func getJSON(ctx context.Context, s logical.Storage, key string, out any) (bool, error) {

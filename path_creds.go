@@ -1,6 +1,7 @@
 package ermeosecrets
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,8 +50,7 @@ func secretAccessToken(b *backend) *framework.Secret {
 		Type:   secretAccessTokenType,
 		Fields: credsResponseFields,
 		Renew:  b.renewAccessToken,
-		// Ermeo has no revocation endpoint: revoking the lease does nothing
-		// upstream, and the token stays valid until it expires.
+		// Ermeo has no revocation: the token stays valid until it expires.
 		Revoke: func(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
 			return nil, nil
 		},
@@ -65,7 +65,6 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 	if a == nil {
 		return nil, nil
 	}
-
 	now := b.now()
 	remaining := a.AccessTokenExpiresAt.Sub(now)
 	minTTL := effectiveMinTTL(a, cfg)
@@ -77,12 +76,11 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 	}
 	var resp *logical.Response
 	if !effectiveLease(a, cfg) {
-		// As Vault's database static roles do: no lease, a ttl that tells
-		// Vault Agent when to read again, and a rotation_period, without
-		// which Agent ignores the ttl (consul-template's leaseCheckWait).
-		// Agent comes back 1s after the ttl, hence the second less.
-		ttl := leaseTTL(remaining, minTTL)
-		data["ttl"] = int64(max(ttl-time.Second, time.Second).Seconds())
+		// As Vault's database static roles: no lease, a ttl telling Vault Agent
+		// when to read again (it comes back 1 s after, hence the second less),
+		// and rotation_period, without which Agent ignores the ttl
+		// (consul-template's leaseCheckWait).
+		data["ttl"] = int64(max(leaseTTL(remaining, minTTL)-time.Second, time.Second).Seconds())
 		data["rotation_period"] = int64(a.AccessTokenLifetime.Seconds())
 		resp = &logical.Response{Data: data}
 	} else {
@@ -97,14 +95,11 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 		resp.Secret.MaxTTL = lease.end.Sub(now)
 		resp.Secret.Renewable = lease.renewable
 	}
-	for _, w := range warnings {
-		resp.AddWarning(w)
-	}
+	resp.Warnings = append(resp.Warnings, warnings...)
 	return resp, nil
 }
 
-// A creds lease, by the token's life left (usable end: min_ttl before it
-// expires):
+// A creds lease, by the token's life left (usable end: min_ttl before expiry):
 //
 //	life left                     lease                                      why
 //	at least min_ttl + 2 s        renewable, min_ttl/2 a step, up to          Vault's renewer (Agent, Proxy) lets go at a
@@ -116,45 +111,32 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, _ *fr
 type credsLease struct {
 	ttl       time.Duration
 	renewable bool
-	// end is the latest time the lease may reach: min_ttl/2 before the
-	// token expires for a renewable lease, the lease's own end otherwise.
-	end time.Time
-	// step is what one renewal adds.
-	step time.Duration
+	end       time.Time     // the latest the lease may reach (renewable: min_ttl/2 before expiry)
+	step      time.Duration // what one renewal adds
 }
 
 const (
 	// minRenewStep is the shortest renewable step: with less, Vault's
 	// whole-second leases leave the renewer no room between renewals.
-	minRenewStep = 3 * time.Second
-	// renewableWindow is how long before a token's usable end a read still
-	// gets a renewable lease (see credsLease).
-	renewableWindow = 2 * time.Second
+	minRenewStep    = 3 * time.Second
+	renewableWindow = 2 * time.Second // credsLease's last 2 s before the usable end
 )
 
 func leaseFor(now, expiresAt time.Time, minTTL time.Duration) credsLease {
 	remaining := expiresAt.Sub(now)
 	step := (minTTL / 2).Truncate(time.Second)
-	usableEnd := expiresAt.Add(-minTTL)
-	if step >= minRenewStep && usableEnd.Sub(now) >= renewableWindow {
+	if step >= minRenewStep && remaining-minTTL >= renewableWindow {
 		return credsLease{ttl: step, renewable: true, end: expiresAt.Add(-minTTL / 2), step: step}
 	}
 	ttl := leaseTTL(remaining, minTTL)
 	if remaining < minTTL+renewableWindow && remaining >= minTTL {
-		// The last seconds before the usable end: see credsLease.
 		ttl = max((remaining / 2).Truncate(time.Second), time.Second)
 	}
 	return credsLease{ttl: ttl, end: now.Add(ttl)}
 }
 
-// renewAccessToken renews a creds lease by its step, up to its end and never
-// past it (see credsLease). A renewal that would reach past the end gets a
-// short last step instead, with a warning, and vault lease renew -increment
-// is cut at the end; at the end it fails: read creds again for the next
-// token. A lease whose token was replaced (an operator's rotate, or a
-// refresh) is renewed for one second only, with a warning, so that Vault's
-// renewer lets go at once and the next read gets the current token: a
-// refused renewal would be retried (hashicorp/vault#28611).
+// renewAccessToken renews a creds lease by its step up to its end (see
+// credsLease), with a warning when it is cut short; at the end it fails.
 func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	name, _ := req.Secret.InternalData["account"].(string)
 	generation, okGen := internalUint(req.Secret.InternalData["generation"])
@@ -170,7 +152,6 @@ func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ 
 	if a == nil {
 		return logical.ErrorResponse("account %q no longer exists: its access token cannot be renewed", name), nil
 	}
-
 	now := b.now()
 	left := end.Sub(now)
 	if left <= 0 {
@@ -178,42 +159,37 @@ func (b *backend) renewAccessToken(ctx context.Context, req *logical.Request, _ 
 			formatTime(end), req.MountPoint, name), nil
 	}
 	ttl := time.Duration(step) * time.Second
-	var warning string
+	resp := &logical.Response{Secret: req.Secret}
 	switch {
 	case a.Generation != generation:
+		// The token was replaced (an operator's rotate, or a refresh): one
+		// second, so that Vault's renewer lets go at once and the next read
+		// gets the current token; a refused renewal would be retried
+		// (hashicorp/vault#28611).
 		ttl = min(time.Second, left)
-		warning = fmt.Sprintf("the access token of this lease was replaced (generation %d, now %d): renewed for one second only; read %screds/%s for the current one",
-			generation, a.Generation, req.MountPoint, name)
+		resp.AddWarning(fmt.Sprintf("the access token of this lease was replaced (generation %d, now %d): renewed for one second only; read %screds/%s for the current one",
+			generation, a.Generation, req.MountPoint, name))
 	case req.Secret.Increment > 0:
 		// vault lease renew -increment: as asked, up to the end.
 		ttl = min(req.Secret.Increment, left)
 		if req.Secret.Increment > left {
-			warning = fmt.Sprintf("renewed only up to %s, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
-				formatTime(end), req.MountPoint, name)
+			resp.AddWarning(fmt.Sprintf("renewed only up to %s, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again then for the next token",
+				formatTime(end), req.MountPoint, name))
 		}
 	case ttl > left:
 		// The last renewal: short enough (at most 40% of the step) that
 		// Vault's renewer lets go at once rather than renew again into
 		// the end, and the next read refreshes.
 		ttl = min(left, max((ttl*2/5).Truncate(time.Second), time.Second))
-		warning = fmt.Sprintf("renewed only up to %s at most, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again for the next token",
-			formatTime(end), req.MountPoint, name)
+		resp.AddWarning(fmt.Sprintf("renewed only up to %s at most, the end of this access token's lease life (half of min_ttl before Ermeo stops accepting it), and never past it: read %screds/%s again for the next token",
+			formatTime(end), req.MountPoint, name))
 	}
-	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
 	resp.Secret.Renewable = true
-	// Vault caps the renewal, and an increment asked for with vault lease
-	// renew -increment, at the lease's issue time plus MaxTTL, measured on
-	// its own clock a little later than ours: a second more, so that Vault
-	// does not cut the step short, but never past the end.
-	maxEnd := now.Add(ttl + time.Second)
-	if maxEnd.After(end) {
-		maxEnd = end
-	}
-	resp.Secret.MaxTTL = maxEnd.Sub(req.Secret.IssueTime)
-	if warning != "" {
-		resp.AddWarning(warning)
-	}
+	// Vault caps a renewal (and an -increment) at the issue time plus MaxTTL,
+	// on its clock, a little later than ours: a second more, so that it does
+	// not cut the step short, but never past the end.
+	resp.Secret.MaxTTL = now.Add(min(ttl+time.Second, left)).Sub(req.Secret.IssueTime)
 	return resp, nil
 }
 
@@ -224,26 +200,20 @@ func internalUint(v any) (uint64, bool) {
 	return n, err == nil
 }
 
-// leaseTTL is the lease for a token with remaining life: it ends when the
-// token would be refreshed (min_ttl before it expires), so that Vault Agent
-// comes back for the next token in time. A token that has less than min_ttl
-// left (a short-lived token, or one served while Ermeo is unreachable) gets
-// half its remaining life.
+// leaseTTL is a token's lease (or ttl): until it would be refreshed, min_ttl
+// before it expires, so that Vault Agent comes back in time; with less than
+// min_ttl left (short-lived, or served while Ermeo is unreachable), half of it.
 func leaseTTL(remaining, minTTL time.Duration) time.Duration {
 	ttl := remaining - minTTL
 	if ttl < time.Second {
 		ttl = remaining / 2
 	}
-	if ttl < time.Second {
-		ttl = time.Second
-	}
-	return ttl.Truncate(time.Second)
+	return max(ttl, time.Second).Truncate(time.Second)
 }
 
 // accessToken returns the account with an access token that has at least the
-// account's min_ttl of life left, refreshing its chain first if it must. A
-// reader that finds such a token never takes the lock. When a refresh fails,
-// a still valid access token is served with a warning.
+// account's min_ttl of life left, refreshing its chain first if it must
+// (serveStale if that fails). A reader that finds such a token never takes the lock.
 func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, name string) (*accountEntry, *configEntry, []string, error) {
 	cfg, err := b.getConfig(ctx, s)
 	if err != nil {
@@ -284,30 +254,25 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 	}
 	next, err := b.rotateLocked(ctx, accountOp{storage: s, cfg: cfg, mount: mount, name: name}, a)
 	if err != nil {
-		if next == nil {
-			next = a
-		}
-		return b.serveStale(next, cfg, err)
+		return b.serveStale(cmp.Or(next, a), cfg, err)
 	}
 	return next, cfg, nil, nil
 }
 
-// youngTokenWarning guards against a min_ttl that asks for more life than a
-// token can have: a read never spends a refresh on an access token younger
-// than half its lifetime (only an operator's rotate does). For such a token
-// it returns the warning to serve it with, naming the setting; otherwise "".
+// youngTokenWarning is the warning, naming the setting, to serve a token
+// younger than half its lifetime with, or "": a read never refreshes such a
+// token (only an operator's rotate does), even if min_ttl asks for more.
 func (b *backend) youngTokenWarning(a *accountEntry, cfg *configEntry) string {
-	lifetime := a.AccessTokenLifetime
-	if lifetime <= 0 || a.AccessToken == "" || a.AccessTokenExpiresAt.Sub(b.now()) <= lifetime/2 {
+	lifetime, left := a.AccessTokenLifetime, a.AccessTokenExpiresAt.Sub(b.now())
+	if lifetime <= 0 || a.AccessToken == "" || left <= lifetime/2 {
 		return ""
 	}
 	setting, whose := "min_ttl", "the account's"
 	if a.MinTTL == 0 {
 		setting, whose = "default_min_ttl", "config's"
 	}
-	left := a.AccessTokenExpiresAt.Sub(b.now()).Truncate(time.Second)
 	return fmt.Sprintf("not refreshing: this access token has %s left of its %s, but %s %s (%s) asks for more; a read refreshes only tokens past half their life: set %s below %s",
-		humanDuration(left), humanDuration(lifetime), whose, setting, humanDuration(effectiveMinTTL(a, cfg)), setting, humanDuration(lifetime/2))
+		humanDuration(left.Truncate(time.Second)), humanDuration(lifetime), whose, setting, humanDuration(effectiveMinTTL(a, cfg)), setting, humanDuration(lifetime/2))
 }
 
 // serveStale serves an access token that could not be refreshed, with a

@@ -1,10 +1,12 @@
 package ermeosecrets
 
 import (
+	"cmp"
 	"context"
 	"hash/maphash"
 	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/lockorder"
@@ -20,11 +22,6 @@ import (
 // and its load (which backend.go begins, runs and stops). No mutex is held
 // across a storage call (locks.go). An entry handed out is a copy: callers
 // change their copy and put it.
-//
-//	get        the newest known state, without the account's lock (overlay, cache or storage)
-//	getLocked  the state under the account's lock: overlay or storage, never the cache
-//	put        one write: storage, then cache, overlay and schedule together
-//	remove     the account gone everywhere
 //
 // The storage keys, all seal-wrapped (sealWrappedPaths, in PathsSpecial):
 //
@@ -45,30 +42,25 @@ type writeMode int
 
 const (
 	failWrite writeMode = iota // return storage's error: nothing changed
-	// keepUnsaved, for a refreshed pair Ermeo already issued: put retries for
-	// up to persistFor, then keeps the pair in memory (served, and written
-	// again at the next chance) and returns nil: a failed write never drops a
-	// refresh token.
+	// keepUnsaved, for a refreshed pair Ermeo already issued: put retries
+	// (persist), then keeps the pair in memory, served and written again at
+	// the next chance, and returns nil: a failed write never drops a refresh token.
 	keepUnsaved
 )
 
 const (
-	// persistAttempts is the least number of tries to store a refreshed pair
-	// before keeping it in memory; persistPause the longest pause between two.
-	persistAttempts = 3
-	persistPause    = time.Second
+	persistAttempts = 3           // persist's least number of tries
+	persistPause    = time.Second // persist's longest pause
 	// defaultPersistFor is how long put retries, within the request, a
-	// refreshed pair that storage refuses. On integrated storage (Raft) a
-	// refused write is almost always a failed log write (a full disk): the
-	// node steps down at once, and Vault's step-down tears down every mount,
-	// this plugin process and its memory included, but first waits for the
-	// requests in flight (up to Vault's DefaultMaxRequestDuration, 90 s), and
-	// Raft elects the node again once it can write. A retried write is stored
-	// if the space comes back meanwhile; a pair only in memory dies with the
-	// process. Measured by the e2e test TestFullDisk.
+	// refreshed pair that storage refuses. On integrated storage (Raft) that
+	// is almost always a failed log write (a full disk): the node steps down
+	// at once, and Vault's step-down tears down every mount, this process and
+	// its memory included, after waiting for the requests in flight (up to
+	// DefaultMaxRequestDuration, 90 s); Raft elects the node again once it
+	// can write. A retried write is stored if the space comes back meanwhile;
+	// a pair only in memory dies with the process. Measured by the e2e test TestFullDisk.
 	defaultPersistFor = 30 * time.Second
-	// retryDelay is when an account whose state could not be read is looked at again.
-	retryDelay = time.Minute
+	retryDelay        = time.Minute // see nextDue
 )
 
 // accountStore is the store above; mu guards its memory.
@@ -115,15 +107,12 @@ func (s *accountStore) lock(name string) *outerLock {
 	return &s.locks.locks[maphash.String(s.locks.seed, name)%accountLockCount]
 }
 
-// get is for reads that hand out a token with enough life left; anything that
-// may spend a refresh token re-reads with getLocked.
+// get is the newest known state (overlay, cache or storage), without the
+// account's lock, for reads that hand out a token with enough life left;
+// anything that may spend a refresh token re-reads with getLocked.
 func (s *accountStore) get(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
 	s.mu.Lock()
-	a := s.unsaved[name]
-	if a == nil {
-		a = s.cache[name]
-	}
-	changes := s.changes
+	a, changes := cmp.Or(s.unsaved[name], s.cache[name]), s.changes
 	s.mu.Unlock()
 	if a != nil {
 		return a.clone(), nil
@@ -140,8 +129,8 @@ func (s *accountStore) get(ctx context.Context, st logical.Storage, name string)
 	return a, nil
 }
 
-// getLocked never reads the cache, so that a token whose successor is
-// already stored is never sent again.
+// getLocked is the state under the account's lock: overlay or storage, never
+// the cache, so that a token whose successor is already stored is never sent again.
 func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name string) (*accountEntry, error) {
 	if a := s.unsavedCopy(name); a != nil {
 		return a, nil
@@ -161,7 +150,8 @@ func (s *accountStore) getLocked(ctx context.Context, st logical.Storage, name s
 	return a, nil
 }
 
-// put is the one write of an account, with its lock held (see above).
+// put is the one write of an account, under its lock: storage, then cache,
+// overlay and schedule together.
 func (s *accountStore) put(ctx context.Context, st logical.Storage, name string, a *accountEntry, mode writeMode) error {
 	err := saveAccount(ctx, st, name, a)
 	if err != nil && mode == failWrite {
@@ -213,7 +203,7 @@ func (s *accountStore) persist(ctx context.Context, st logical.Storage, name str
 	return err
 }
 
-// remove forgets an account everywhere. Called with its lock held.
+// remove forgets an account everywhere, under its lock.
 func (s *accountStore) remove(ctx context.Context, st logical.Storage, name string) error {
 	if err := deleteAccount(ctx, st, name); err != nil {
 		return err
@@ -274,16 +264,13 @@ func (s *accountStore) failure(name string) string {
 }
 
 // hasUnsaved reports whether a refreshed pair of the account waits in memory.
-func (s *accountStore) hasUnsaved(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.unsaved[name] != nil
-}
+func (s *accountStore) hasUnsaved(name string) bool { return s.unsavedCopy(name) != nil }
 
 // flushLocked writes the account's pair held in memory, if any, with its lock
-// held, if storage still holds what it followed from. If storage has moved on
-// (another node wrote after this one lost its place, in a partition or a full
-// disk, or an operator did), the pair is stale: dropped, never overwriting a newer chain.
+// held, if storage still holds what it followed from (the generation before,
+// or the same pair). If storage has moved on (another node wrote after this
+// one lost its place, in a partition or a full disk, or an operator did), the
+// pair is stale: dropped, never overwriting a newer chain.
 func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name string) error {
 	pending := s.unsavedCopy(name)
 	if pending == nil {
@@ -293,7 +280,9 @@ func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name
 	if err != nil {
 		return err
 	}
-	if !followsFrom(pending, stored) {
+	follows := stored != nil && (stored.Generation+1 == pending.Generation ||
+		stored.Generation == pending.Generation && stored.RefreshToken == pending.RefreshToken)
+	if !follows {
 		s.mu.Lock()
 		s.changes++
 		delete(s.unsaved, name)
@@ -310,26 +299,12 @@ func (s *accountStore) flushLocked(ctx context.Context, st logical.Storage, name
 	return s.put(ctx, st, name, pending, failWrite)
 }
 
-// followsFrom: pending, held in memory, was refreshed from stored, or is the same chain.
-func followsFrom(pending, stored *accountEntry) bool {
-	switch {
-	case stored == nil:
-		return false
-	case stored.Generation+1 == pending.Generation:
-		return true
-	default:
-		return stored.Generation == pending.Generation && stored.RefreshToken == pending.RefreshToken
-	}
-}
-
 // flush writes the pairs held in memory (of names, or all); their readers and
 // every tick call it, so a pair waits in memory, where a crash loses it, no longer than it must.
 func (s *accountStore) flush(ctx context.Context, st logical.Storage, names ...string) {
 	if len(names) == 0 {
 		s.mu.Lock()
-		for name := range s.unsaved {
-			names = append(names, name)
-		}
+		names = slices.Collect(maps.Keys(s.unsaved))
 		s.mu.Unlock()
 	}
 	for _, name := range names {
@@ -390,17 +365,18 @@ type scheduleLoadState struct {
 	everLoaded bool          // a load has completed in this process
 	epoch      uint64        // bumped by reschedule: a load begun before it leaves loaded false
 	inProgress *scheduleLoad // the load running now, or nil
-	// scheduled: the accounts that writes scheduled while the load in
-	// progress ran; their entries are newer than what the load read.
+	// scheduled: the accounts writes scheduled while the load in progress
+	// ran; their entries are newer than what the load read.
 	scheduled map[string]bool
 }
 
 // scheduleLoad is one load of the schedule, cancelled by stopLoad.
 type scheduleLoad struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
-	epoch  uint64
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+	epoch    uint64
+	starting bool // no load completed before it in this process
 }
 
 // beginLoad registers a load and returns it, or nil when the schedule is
@@ -412,28 +388,29 @@ func (s *accountStore) beginLoad(ctx context.Context) *scheduleLoad {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	l := &scheduleLoad{ctx: ctx, cancel: cancel, done: make(chan struct{}), epoch: s.load.epoch}
+	l := &scheduleLoad{ctx: ctx, cancel: cancel, done: make(chan struct{}), epoch: s.load.epoch, starting: !s.load.everLoaded}
 	s.load.inProgress, s.load.scheduled = l, map[string]bool{}
 	return l
 }
 
 // runLoad runs first (config's load), then reads every account once, without
 // its lock, and schedules it unless a write did meanwhile; one with an intent
-// record left behind is due at once (dueAt). No lock is held across a storage
-// call: stopLoad ends it within one.
+// record left behind is due at once (dueAt), and reported by a starting load
+// only (a later one, after a config change, would find this process's own
+// refreshes in flight). No lock is held across a storage call: stopLoad ends
+// it within one.
 func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(context.Context) error) (err error) {
 	names, interrupted := []string(nil), 0
 	defer func() {
 		s.mu.Lock()
 		s.load.inProgress, s.load.scheduled = nil, nil
 		complete := err == nil && l.epoch == s.load.epoch
-		starting := complete && !s.load.everLoaded
 		s.load.loaded = s.load.loaded || complete
 		s.load.everLoaded = s.load.everLoaded || complete
 		s.mu.Unlock()
 		l.cancel()
 		close(l.done)
-		if starting {
+		if complete && l.starting {
 			s.logger().Info("keep-alive schedule loaded", "accounts", len(names), "interrupted_refreshes", interrupted)
 		}
 	}()
@@ -443,11 +420,6 @@ func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(c
 	if names, err = listAccounts(l.ctx, st); err != nil {
 		return err
 	}
-	// Only the first load of a process reports interrupted refreshes: later
-	// ones (after a config change) would find this process's own in flight.
-	s.mu.Lock()
-	starting := !s.load.everLoaded
-	s.mu.Unlock()
 	for _, name := range names {
 		if err := l.ctx.Err(); err != nil {
 			return err
@@ -464,7 +436,7 @@ func (s *accountStore) runLoad(l *scheduleLoad, st logical.Storage, first func(c
 			s.scheduleLocked(name, a)
 		}
 		s.mu.Unlock()
-		if a.RotationIntent != nil && starting {
+		if a.RotationIntent != nil && l.starting {
 			interrupted++
 			s.logger().Warn("found an interrupted refresh: the stored refresh token may be spent; the next refresh finds out",
 				"account", name, "generation", a.RotationIntent.Generation, "started_at", a.RotationIntent.StartedAt, "attempts", a.RotationIntent.Attempts)
