@@ -54,9 +54,8 @@ type outcomeRule struct {
 	event     string      // the event sent on Vault's bus when it ends a refresh
 	log       string      // its log line (the e2e tests read some)
 	level     hclog.Level // and level
-	// status is the HTTP status of a read or rotate that the refresh failed
-	// (a still valid token is served instead, with a warning); write, of an
-	// operator's write whose grant failed.
+	// status of a read or rotate whose refresh failed (a token still valid is
+	// served instead); write, of an operator's write whose grant failed.
 	status, write int
 	// backoff: the account's next refresh waits (backoffFor) unless forced.
 	backoff bool
@@ -194,11 +193,9 @@ func backoffFor(failures int, retryAfter time.Duration) time.Duration {
 	return d
 }
 
-// rotateLocked spends the account's current refresh token for a new pair,
-// following the protocol above. Called with the account's lock held, with a
-// freshly read a; returns the account's new state. On error, the returned
-// entry (if not nil) is the account's state after the attempt, whose access
-// token may still be served while it lasts.
+// rotateLocked spends a's refresh token (a freshly read under the account's
+// lock) as the protocol above says, and returns the account's new state; on
+// error, its state after the attempt (if not nil), whose token may be served.
 func (b *backend) rotateLocked(ctx context.Context, op accountOp, a *accountEntry) (*accountEntry, error) {
 	if !b.WriteSafeReplicationState() {
 		// A performance standby or secondary: let Vault forward the request
@@ -360,12 +357,10 @@ func (b *backend) storageRefused(op accountOp, err error) error {
 	return err
 }
 
-// spentElsewhere says why a refresh token that no refresh of ours had sent
-// (no intent record) was refused: it expired, or it was spent or revoked
-// outside this mount. The likeliest cause after an operator's work is a
-// restore of Vault's storage from a snapshot older than the chain's last
-// rotation, which rewinds every account rotated since: they must all be
-// rotated now, so that each finds out at once instead of at its next refresh.
+// spentElsewhere says why a refresh token no refresh of ours had sent was
+// refused: it expired, or was spent or revoked elsewhere, likeliest by a
+// restore of Vault's storage from an older snapshot, which rewinds every
+// account rotated since: each must be rotated now to find out at once.
 func spentElsewhere(a *accountEntry, rejected string, now time.Time, mount string) string {
 	if !a.RefreshTokenIssuedAt.IsZero() && now.After(a.RefreshTokenIssuedAt.Add(refreshTokenLifetime)) {
 		return fmt.Sprintf("Ermeo refused the refresh token (%s): it expired, issued %s and unused for 2 weeks", rejected, formatTime(a.RefreshTokenIssuedAt))
@@ -376,10 +371,9 @@ func spentElsewhere(a *accountEntry, rejected string, now time.Time, mount strin
 		"Otherwise another system holds this chain (another Vault, or a script given the same refresh token)", rejected, mount, mount)
 }
 
-// rebootstrapLocked starts a new chain with the kept password, if the
-// operator allowed one to be kept; otherwise, or if Ermeo refuses it, it
-// marks the account needs_reauth (retrying a refused password on a timer
-// could lock the user out). Called with the account's lock held.
+// rebootstrapLocked starts a new chain with the kept password, if any; else,
+// or if Ermeo refuses it, the account needs_reauth (retrying a refused
+// password on a timer could lock the user out). Under the account's lock.
 func (b *backend) rebootstrapLocked(ctx context.Context, op accountOp, a *accountEntry, reason string) (*accountEntry, error) {
 	next, now := a.clone(), b.now()
 	if a.PasswordKept {
@@ -420,11 +414,10 @@ func (b *backend) rebootstrapLocked(ctx context.Context, op accountOp, a *accoun
 	return next, requestError(http.StatusBadGateway, needsReauth(op.mount, op.name, reason))
 }
 
-// adoptLocked spends a refresh token an operator gave (a chain they hold) for
-// a new pair, stored onto a (the account as the write wants it). Nothing
-// stored changes until the pair is in hand, and the token is not the stored
-// one, so no intent record is needed: a lost answer loses only the token
-// given, and the error says so. Called with the account's lock held.
+// adoptLocked spends a refresh token an operator gave for a new pair, stored
+// onto a (the account as the write wants it). It is not the stored token, so
+// no intent record: a lost answer loses only the token given, as the error
+// says, and nothing stored changes. Under the account's lock.
 func (b *backend) adoptLocked(ctx context.Context, op accountOp, a *accountEntry, refreshToken string) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	op, err := b.withClient(op)
@@ -449,11 +442,10 @@ func (b *backend) adoptLocked(ctx context.Context, op accountOp, a *accountEntry
 	return next, nil
 }
 
-// startChainLocked starts a new chain for a (as the write wants it) with a
-// password grant, kept (seal-wrapped) for re-bootstraps with keep. Nothing
-// stored changes if the grant fails, the tokens' lifetime makes min_ttl
-// impossible, or storage refuses the chain (a password grant revokes nothing,
-// so the unused pair is no loss). Called with the account's lock held.
+// startChainLocked starts a new chain for a with a password grant, and keeps
+// the password (seal-wrapped) with keep. A failed grant, an impossible
+// min_ttl or a refused write change nothing stored (a password grant revokes
+// nothing: the unused pair is no loss). Under the account's lock.
 func (b *backend) startChainLocked(ctx context.Context, op accountOp, a *accountEntry, password string, keep bool) (*accountEntry, error) {
 	ctx = context.WithoutCancel(ctx)
 	op, err := b.withClient(op)
@@ -480,9 +472,8 @@ func (b *backend) startChainLocked(ctx context.Context, op accountOp, a *account
 	return next, nil
 }
 
-// grantError is what an operator sees of a password grant or an adoption
-// that failed (outcomes' write status): what they can fix, naming field
-// (password or refresh_token) when Ermeo refused it.
+// grantError is what an operator sees of a failed password grant or
+// adoption, naming field (password or refresh_token) when Ermeo refused it.
 func grantError(field string, res grantResult) error {
 	rule := outcomes[res.kind]
 	var rejected *ermeo.RejectedError
@@ -505,12 +496,10 @@ func grantError(field string, res grantResult) error {
 // that cannot exist at Ermeo (its tokens are letters and digits only).
 const credentialsCheckToken = "vault-plugin-secrets-ermeo-credentials-check"
 
-// checkCredentials asks Ermeo whether it accepts c's client credentials: a
-// refresh grant with a refresh token that cannot exist. The server checks the
-// client before the grant, so invalid_client means bad credentials and
-// invalid_grant (outcomeRefused) means good ones; nothing is spent either
-// way. With body_format auto, it also finds the body format Ermeo reads, and
-// returns it.
+// checkCredentials asks Ermeo whether it accepts c's client: a refresh grant
+// of a token that cannot exist, which the server answers invalid_client for
+// bad credentials and invalid_grant for good ones, spending nothing. It
+// returns the body format Ermeo was found to read (body_format auto).
 func (b *backend) checkCredentials(ctx context.Context, c *configEntry) (ermeo.BodyFormat, error) {
 	client, err := b.client(c)
 	if err != nil {
