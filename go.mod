@@ -13,6 +13,7 @@ require (
 	github.com/prometheus/procfs v0.22.0
 	github.com/sasha-s/go-deadlock v0.3.9
 	go.uber.org/goleak v1.3.0
+	sigs.k8s.io/yaml v1.4.0
 )
 
 require (
