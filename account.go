@@ -94,11 +94,17 @@ func effectiveLease(a *accountEntry, cfg *configEntry) bool {
 // the keep-alive rotates it: the account's own, or config's default (which
 // upgradeConfig fills in older configs), or the engine's with no config.
 func effectiveMinTTL(a *accountEntry, cfg *configEntry) time.Duration {
-	return cmp.Or(a.MinTTL, cmp.Or(cfg, newConfig()).DefaultMinTTL)
+	if a.MinTTL > 0 || cfg == nil {
+		return cmp.Or(a.MinTTL, defaultMinTTL)
+	}
+	return cfg.DefaultMinTTL
 }
 
 func effectiveRotationPeriod(a *accountEntry, cfg *configEntry) time.Duration {
-	return cmp.Or(a.RotationPeriod, cmp.Or(cfg, newConfig()).DefaultRotationPeriod)
+	if a.RotationPeriod > 0 || cfg == nil {
+		return cmp.Or(a.RotationPeriod, defaultRotationPeriod)
+	}
+	return cfg.DefaultRotationPeriod
 }
 
 // backoffLifted reports whether config changed since Ermeo rejected the

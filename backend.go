@@ -85,14 +85,14 @@ func newBackend(now func() time.Time, httpClient *http.Client) *backend {
 }
 
 // HandleRequest answers a secret sent as another JSON type than a string with
-// a 400 that names it and not its value (wrongSecrets), before the framework
+// a 400 that names it and not its value (wrongSecret), before the framework
 // converts the fields: its own conversion error would quote the value, and
 // Vault writes that error into the response, the audit log and the server log.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
 	// Most requests (creds reads) carry no field: they are not routed twice.
 	if len(req.Data) > 0 && fieldOps[req.Operation] {
 		if route := b.Route(req.Path); route != nil {
-			if _, err := wrongSecrets(route.Fields, req.Data); err != nil {
+			if err := wrongSecret(route.Fields, req.Data); err != nil {
 				return logical.ErrorResponse(err.Error()), nil
 			}
 		}

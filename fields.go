@@ -17,18 +17,20 @@ func fieldError(name, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...))
 }
 
-// wrongSecrets are the Sensitive fields sent as another type than a JSON string, and the 400 of
-// the first: the framework would take a number, and quote a list or an object in its error.
-func wrongSecrets(schema map[string]*framework.FieldSchema, data map[string]any) (bad []string, err error) {
+// wrongSecret is the 400 of the first Sensitive field sent as another type than a JSON string,
+// or nil: the framework would take a number, and quote a list or an object in its error.
+func wrongSecret(schema map[string]*framework.FieldSchema, data map[string]any) error {
 	for _, k := range slices.Sorted(maps.Keys(data)) {
 		if _, ok := data[k].(string); !ok && isSensitive(schema[k]) {
-			kinds := map[string]string{"<nil>": "null", "bool": "a boolean", "[]interface {}": "a list", "map[string]interface {}": "an object"}
-			kind := cmp.Or(kinds[fmt.Sprintf("%T", data[k])], "a number") // JSON's kinds, as encoding/json decodes them
-			bad, err = append(bad, k), cmp.Or(err, fieldError(k, "must be a string (got %s; its value is not shown)", kind))
+			kind := cmp.Or(jsonKinds[fmt.Sprintf("%T", data[k])], "a number")
+			return fieldError(k, "must be a string (got %s; its value is not shown)", kind)
 		}
 	}
-	return bad, err
+	return nil
 }
+
+// jsonKinds names JSON's kinds by the Go types encoding/json decodes them to.
+var jsonKinds = map[string]string{"<nil>": "null", "bool": "a boolean", "[]interface {}": "a list", "map[string]interface {}": "an object"}
 
 func isSensitive(s *framework.FieldSchema) bool {
 	return s != nil && s.DisplayAttrs != nil && s.DisplayAttrs.Sensitive

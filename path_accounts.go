@@ -360,7 +360,7 @@ func (b *backend) pathAccountRotate(ctx context.Context, req *logical.Request, d
 		return nil, err
 	}
 	if a == nil {
-		return errorResponse(&statusError{code: http.StatusNotFound, msg: fmt.Sprintf("account %q not found: create it with vault write %saccounts/%s username=... password=-", name, req.MountPoint, name)})
+		return errorResponse(requestError(http.StatusNotFound, fmt.Sprintf("account %q not found: create it with vault write %saccounts/%s username=... password=-", name, req.MountPoint, name)))
 	}
 	next, err := b.rotateLocked(ctx, accountOp{storage: req.Storage, cfg: cfg, mount: req.MountPoint, name: name, force: true}, a)
 	if err != nil {

@@ -249,8 +249,8 @@ func (b *backend) accessToken(ctx context.Context, s logical.Storage, mount, nam
 		return a, cfg, b.stateWarnings(a, mount, name), nil
 	}
 	if cfg == nil {
-		return b.serveStale(a, cfg, &statusError{code: http.StatusBadRequest,
-			msg: fmt.Sprintf("config: not written, so the token cannot be refreshed: run vault write %sconfig client_id=... client_secret=-", mount)})
+		return b.serveStale(a, cfg, requestError(http.StatusBadRequest,
+			fmt.Sprintf("config: not written, so the token cannot be refreshed: run vault write %sconfig client_id=... client_secret=-", mount)))
 	}
 	next, err := b.rotateLocked(ctx, accountOp{storage: s, cfg: cfg, mount: mount, name: name}, a)
 	if err != nil {
