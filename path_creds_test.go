@@ -431,3 +431,54 @@ func TestLeaseOfAReplacedTokenLetsGoAtOnce(t *testing.T) {
 		t.Errorf("the next read got the replaced token")
 	}
 }
+
+// A second read of the same token generation by the same Vault token, before
+// the first read's renewable lease was renewed, gets a lease of one step
+// that is not renewable (Vault Proxy passes it through without a renewer of
+// its own); its renewal, another Vault token, another generation or
+// renewableLeaseWait makes the next read renewable again.
+func TestASecondReadBeforeTheFirstLeasesRenewalIsNotRenewable(t *testing.T) {
+	e := newTestEnv(t, fakeermeo.Options{})
+	e.configure()
+	e.createAccount("app", map[string]any{"min_ttl": "10m"})
+	read := func(token string) *logical.Response {
+		t.Helper()
+		resp, err := e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "creds/app", Storage: e.view, MountPoint: testMount, ClientToken: token})
+		if err != nil || resp.IsError() {
+			t.Fatalf("read creds/app: %v %v", err, resp)
+		}
+		return resp
+	}
+	renewable := func(what string, resp *logical.Response, want bool) {
+		t.Helper()
+		s := resp.Secret
+		if s == nil || s.Renewable != want || s.TTL != 5*time.Minute {
+			t.Fatalf("%s: want a lease of 5m, renewable=%v; got %+v (warnings %q)", what, want, s, resp.Warnings)
+		}
+		if got := strings.Contains(strings.Join(resp.Warnings, "\n"), "not renewable"); got == want {
+			t.Errorf("%s: warning that the lease is not renewable: %v, want %v (%q)", what, got, !want, resp.Warnings)
+		}
+	}
+	first := read("proxy")
+	renewable("first read", first, true)
+	renewable("second read, same Vault token", read("proxy"), false)
+	renewable("third read, same Vault token", read("proxy"), false)
+	renewable("another Vault token", read("vso"), true)
+	renewable("no Vault token named", read(""), true)
+	renewable("no Vault token named, again", read(""), true)
+
+	r := &vaultRenewer{t: t, e: e, secret: first.Secret, issued: e.clock.Now()}
+	if _, err := r.renew(); err != nil {
+		t.Fatal(err)
+	}
+	again := read("proxy")
+	renewable("after the first lease's renewal", again, true)
+	renewable("then once more", read("proxy"), false)
+	e.clock.Advance(renewableLeaseWait)
+	renewable("renewableLeaseWait later, no renewal", read("proxy"), true)
+	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
+	renewable("the next generation", read("proxy"), true)
+	if n := len(e.b.store.leases["app"]); n > 3 {
+		t.Errorf("the store keeps %d leases of app, want those of the last %s only", n, renewableLeaseWait)
+	}
+}

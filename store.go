@@ -75,6 +75,10 @@ type accountStore struct {
 	// failures: the last refresh storage refused before anything was sent,
 	// which it could not record: the account's status shows it until the next write.
 	failures map[string]string
+	// leases: per account and Vault token, the renewable creds lease given
+	// last, while later reads of its token generation by that Vault token
+	// get a lease that is not renewable (path_creds.go's leaseHolder).
+	leases map[string]map[string]renewableLease
 	// changes counts the changes to cache and overlay: a read from storage
 	// fills the cache only if none came while it read (it may be older).
 	changes uint64
@@ -94,6 +98,7 @@ func newAccountStore(now func() time.Time, config func() *configEntry, logger fu
 		cache:      map[string]*accountEntry{},
 		unsaved:    map[string]*accountEntry{},
 		failures:   map[string]string{},
+		leases:     map[string]map[string]renewableLease{},
 		queue:      queue.New(),
 		now:        now,
 		config:     config,
@@ -261,6 +266,53 @@ func (s *accountStore) failure(name string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.failures[name]
+}
+
+// renewableLease is the renewable creds lease a Vault token was given last on
+// one token generation of an account: readID names it in the lease's internal
+// data, and renewed says its first renewal came.
+type renewableLease struct {
+	generation uint64
+	readID     string
+	at         time.Time
+	renewed    bool
+}
+
+// claimRenewableLease reports whether a creds read of the account's token
+// generation by a Vault token (the salted ID Vault hands the plugin) may have
+// a renewable lease, and if so records readID as that lease. It may not while
+// the last renewable lease of that generation given to that Vault token,
+// under renewableLeaseWait ago, has had no renewal (see leaseHolder).
+func (s *accountStore) claimRenewableLease(name, token string, generation uint64, readID string) bool {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.leases[name][token]; ok && l.generation == generation && !l.renewed && now.Sub(l.at) < renewableLeaseWait {
+		return false
+	}
+	for n, byToken := range s.leases {
+		maps.DeleteFunc(byToken, func(_ string, l renewableLease) bool { return l.renewed || now.Sub(l.at) >= renewableLeaseWait })
+		if len(byToken) == 0 {
+			delete(s.leases, n)
+		}
+	}
+	if s.leases[name] == nil {
+		s.leases[name] = map[string]renewableLease{}
+	}
+	s.leases[name][token] = renewableLease{generation: generation, readID: readID, at: now}
+	return true
+}
+
+// leaseRenewed records a renewal of the account's renewable lease readID.
+func (s *accountStore) leaseRenewed(name, readID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for token, l := range s.leases[name] {
+		if l.readID == readID {
+			l.renewed = true
+			s.leases[name][token] = l
+		}
+	}
 }
 
 // hasUnsaved reports whether a refreshed pair of the account waits in memory.

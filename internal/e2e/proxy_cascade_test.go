@@ -46,6 +46,14 @@ func TestOverlappingLeasesCountOnlyTheProxysExtras(t *testing.T) {
 		t.Errorf("overlapping leases %v, want %v", got, want)
 	}
 
+	// Of those, the proxy's own are the ones answered with a lease that is
+	// not renewable (which it passes through): the cascade's renewable
+	// D2 and D3, and C3 whose answer no reader reported, stay the plugin's.
+	renewable := map[string]bool{"A": true, "B": true, "C1": true, "C2": false, "D1": true, "D2": true, "D3": true, "E1": false, "E2": true}
+	if got, want := sortedIDs(proxysLeases(overlappingLeases(gens, a), renewable)), []string{"C2"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("the proxy's leases %v, want %v", got, want)
+	}
+
 	ev := func(s float64, kind string) proxyEvent { return proxyEvent{at: at(s), kind: kind} }
 	pl := &proxyLog{events: []proxyEvent{
 		ev(0, "forward"), ev(0.001, "store"),

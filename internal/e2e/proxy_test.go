@@ -49,6 +49,7 @@ type proxyRead struct {
 	token     string
 	leaseID   string
 	lease     int  // lease_duration of the answer
+	renewable bool // the answer's lease is renewable
 	hit       bool // X-Cache: HIT
 	age       int  // the Age header of a hit
 	expiresAt time.Time
@@ -206,6 +207,8 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	st.concurrentMisses = pl.concurrentMisses()
 	st.overlappingIDs = overlappingLeases(gens, audit)
 	st.overlapping = len(st.overlappingIDs)
+	st.proxysIDs = proxysLeases(st.overlappingIDs, st.missRenewable)
+	st.proxys = len(st.proxysIDs)
 
 	fmt.Print(proxyReport(t.Name(), gens, audit, pl, leases, st, renewalRefusal(vault.Log(), prefix, started)))
 
@@ -223,28 +226,61 @@ func TestProxyCachesCredsForBusyReaders(t *testing.T) {
 	}
 	// Why there were more: the plugin's leases made the proxy drop its
 	// answer more than once per token (evictions), or the proxy sent
-	// concurrent misses to Vault instead of one, which no lease can
-	// prevent. A lease created while the proxy still renewed another of the
-	// same generation is the proxy's (overlapping, below): with one renewer
-	// per cached answer that cannot happen. The plugin's own count leaves
-	// those out, and must stay within 2 per generation.
-	cause := fmt.Sprintf("the proxy evicted its answer %d times, refused renewals: %d, concurrent misses: %d, leases overlapping another of their generation: %d",
-		st.evictions, st.renewalsFailed, st.concurrentMisses, st.overlapping)
-	if own := st.pluginReads - st.overlapping; own > 2*st.generations {
-		t.Errorf("%d creds reads reached the plugin for %d generations (%d leaving out the proxy's overlapping leases): more than 2 per generation (%s)",
+	// concurrent misses to Vault instead of one. Those get a lease that is
+	// not renewable (path_creds.go's credsLease), which the proxy passes
+	// through: the one lease per miss that no schedule can prevent, and
+	// the only ones left out. Every renewable lease counts, so that the
+	// cascade (a superseded renewer evicting the next answer) counts too:
+	// at most 2 per generation, in each generation.
+	cause := fmt.Sprintf("the proxy evicted its answer %d times, refused renewals: %d, concurrent misses: %d, leases overlapping another of their generation: %d, of them not renewable (the proxy's): %d",
+		st.evictions, st.renewalsFailed, st.concurrentMisses, st.overlapping, st.proxys)
+	for _, g := range gens {
+		own, renewable := g.leaseCounts(st)
+		if own > 2 || renewable > 2 {
+			t.Errorf("generation %d: %d leases, %d of them the plugin's (all but the not renewable answers to the proxy's concurrent misses), %d renewable: want at most 2 of each (%s)",
+				g.n, len(g.leases), own, renewable, cause)
+		}
+	}
+	if own := st.pluginReads - st.proxys; own > 2*st.generations {
+		t.Errorf("%d creds reads reached the plugin for %d generations (%d leaving out the proxy's concurrent misses): more than 2 per generation (%s)",
 			st.pluginReads, st.generations, own, cause)
 	}
-	if own := st.leases - st.overlapping; own > 2*st.generations {
-		t.Errorf("Vault created %d leases for %d generations (%d leaving out the proxy's overlapping leases): more than 2 per generation (%s)",
-			st.leases, st.generations, own, cause)
-	}
-	// Overlapping leases start with a miss the proxy did not coalesce: if
+	// The proxy's leases start with a miss the proxy did not coalesce: if
 	// its log shows none, something else made them, and the test cannot
 	// tell the plugin is not the cause.
-	if st.overlapping > 0 && st.concurrentMisses == 0 {
-		t.Errorf("%d leases were created while the proxy still renewed another lease of the same generation, but its log shows no concurrent miss that would explain them (%s)",
-			st.overlapping, cause)
+	if st.proxys > 0 && st.concurrentMisses == 0 {
+		t.Errorf("%d leases that are not renewable were made while the proxy renewed another lease of the same generation, but its log shows no concurrent miss that would explain them (%s)",
+			st.proxys, cause)
 	}
+}
+
+// leaseCounts are the generation's leases that are the plugin's (all but
+// the proxy's, proxysLeases) and those that were renewable.
+func (g *proxyGen) leaseCounts(st proxyStats) (own, renewable int) {
+	for id := range g.leases {
+		if !st.proxysIDs[id] {
+			own++
+		}
+		if r, ok := st.missRenewable[id]; r || !ok {
+			renewable++
+		}
+	}
+	return own, renewable
+}
+
+// proxysLeases are the leases that are the proxy's own: made while it
+// renewed another lease of the same generation (overlappingLeases), so by a
+// miss its in-flight guard let through, and not renewable, so that it
+// passed the answer through without caching or renewing it. A renewable
+// lease, or one whose answer no reader reported, is never the proxy's.
+func proxysLeases(overlapping, renewable map[string]bool) map[string]bool {
+	out := map[string]bool{}
+	for id := range overlapping {
+		if r, ok := renewable[id]; ok && !r {
+			out[id] = true
+		}
+	}
+	return out
 }
 
 // overlappingLeases are the leases of creds/app created while the proxy
@@ -316,6 +352,7 @@ func readThroughProxy(hc *http.Client, url string, fake *fakeermeo.Server) proxy
 	var answer struct {
 		LeaseID       string   `json:"lease_id"`
 		LeaseDuration int      `json:"lease_duration"`
+		Renewable     bool     `json:"renewable"`
 		Errors        []string `json:"errors"`
 		Data          struct {
 			AccessToken string `json:"access_token"`
@@ -331,7 +368,7 @@ func readThroughProxy(hc *http.Client, url string, fake *fakeermeo.Server) proxy
 		r.err = strings.Join(answer.Errors, "; ")
 		return r
 	}
-	r.token, r.leaseID, r.lease = answer.Data.AccessToken, answer.LeaseID, answer.LeaseDuration
+	r.token, r.leaseID, r.lease, r.renewable = answer.Data.AccessToken, answer.LeaseID, answer.LeaseDuration, answer.Renewable
 	r.expiresIn = answer.Data.ExpiresIn
 	r.expiresAt, _ = time.Parse(time.RFC3339, answer.Data.ExpiresAt)
 	r.valid = fake.AccessTokenValid(r.token)
@@ -423,15 +460,21 @@ type proxyStats struct {
 	// same generation (overlappingLeases).
 	concurrentMisses, overlapping int
 	overlappingIDs                map[string]bool
-	// missLease is the lease_duration of the answer of each lease, as
-	// the reader whose read reached Vault got it.
-	missLease map[string]int
+	// proxys: the leases that are the proxy's own, not the plugin's
+	// (proxysLeases).
+	proxys    int
+	proxysIDs map[string]bool
+	// missLease is the lease_duration of the answer of each lease, and
+	// missRenewable whether it was renewable, as the reader whose read
+	// reached Vault got it.
+	missLease     map[string]int
+	missRenewable map[string]bool
 }
 
 // tallyProxyReads groups the readers' reads by token, in the order the
 // readers first got each token.
 func tallyProxyReads(reads []proxyRead) ([]*proxyGen, proxyStats) {
-	st := proxyStats{missLease: map[string]int{}}
+	st := proxyStats{missLease: map[string]int{}, missRenewable: map[string]bool{}}
 	var gens []*proxyGen
 	byToken := map[string]*proxyGen{}
 	for _, r := range reads {
@@ -457,6 +500,7 @@ func tallyProxyReads(reads []proxyRead) ([]*proxyGen, proxyStats) {
 			g.hits++
 		} else if _, ok := st.missLease[r.leaseID]; !ok {
 			st.missLease[r.leaseID] = r.lease
+			st.missRenewable[r.leaseID] = r.renewable
 		}
 		if !r.valid {
 			st.invalid++
@@ -782,9 +826,10 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 	all := proxyLeases(gens, a, pl, leases, st.missLease)
 	for _, g := range gens {
 		issued := g.expires.Add(-proxyTokenTTL)
-		fmt.Fprintf(&b, "generation %d (at the fake until %s): readers got it from age %.1fs to %.1fs, %d reads (%d hits), %d creds reads at the plugin, %d leases, %d renewals (%d refused); least life left %.1fs at the fake (%.1fs by expires_at); %d invalid, %d under min_ttl/2\n",
+		own, renewable := g.leaseCounts(st)
+		fmt.Fprintf(&b, "generation %d (at the fake until %s): readers got it from age %.1fs to %.1fs, %d reads (%d hits), %d creds reads at the plugin, %d leases (%d renewable; %d the plugin's, %d the proxy's concurrent misses), %d renewals (%d refused); least life left %.1fs at the fake (%.1fs by expires_at); %d invalid, %d under min_ttl/2\n",
 			g.n, g.expires.Format("15:04:05.000"), g.firstSeen.Sub(issued).Seconds(), g.lastSeen.Sub(issued).Seconds(),
-			g.reads, g.hits, g.pluginReads, len(g.leases), g.renewals, g.failed, g.minLeft.Seconds(), g.minLeftExpiresAt.Seconds(), g.invalid, g.low)
+			g.reads, g.hits, g.pluginReads, len(g.leases), renewable, own, len(g.leases)-own, g.renewals, g.failed, g.minLeft.Seconds(), g.minLeftExpiresAt.Seconds(), g.invalid, g.low)
 		for _, l := range all {
 			if l.gen != g {
 				continue
@@ -805,6 +850,9 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 			if !l.evicted.IsZero() {
 				fmt.Fprintf(&b, "; evicted at %s (%s), cached for %.1fs", l.evicted.Format("05.000"), left(l.evicted), l.evicted.Sub(l.read).Seconds())
 			}
+			if r, ok := st.missRenewable[l.id]; ok && !r {
+				b.WriteString("; not renewable")
+			}
 			if st.overlappingIDs[l.id] {
 				b.WriteString("; made while the proxy renewed another lease of this generation")
 			}
@@ -814,13 +862,15 @@ func proxyReport(name string, gens []*proxyGen, a *proxyAudit, pl *proxyLog, lea
 	nG := max(st.generations, 1)
 	fmt.Fprintf(&b, "reads: %d served (%d cache hits, %d misses), %d failed; renewals: %d (%d refused); refreshes at the fake: %d\n",
 		st.served, st.hits, st.served-st.hits, st.failed, st.renewals, st.renewalsFailed, st.refreshes)
-	fmt.Fprintf(&b, "proxy's log: %d creds requests forwarded to Vault, %d answers stored, %d evictions, %d renewals halted with no error, %d failed-renewal lines\n",
-		pl.count("forward"), pl.count("store"), st.evictions, pl.count("halted"), pl.count("renew-failed"))
-	if st.concurrentMisses > 0 || st.overlapping > 0 {
-		fmt.Fprintf(&b, "proxy: %d concurrent misses its in-flight guard let through to Vault; %d leases made while it renewed another of the same generation (each superseded renewer, letting go, evicts the newer answer under the same index ID); leaving those out, %d creds reads at the plugin and %d leases (%.1f and %.1f per generation)\n",
-			st.concurrentMisses, st.overlapping, st.pluginReads-st.overlapping, st.leases-st.overlapping,
-			float64(st.pluginReads-st.overlapping)/float64(nG), float64(st.leases-st.overlapping)/float64(nG))
+	fmt.Fprintf(&b, "proxy's log: %d creds requests forwarded to Vault, %d answers stored, %d passed through (not renewable), %d evictions, %d renewals halted with no error, %d failed-renewal lines\n",
+		pl.count("forward"), pl.count("store"), pl.count("pass-through"), st.evictions, pl.count("halted"), pl.count("renew-failed"))
+	maxOwn, maxRenewable, maxAll := 0, 0, 0
+	for _, g := range gens {
+		own, renewable := g.leaseCounts(st)
+		maxOwn, maxRenewable, maxAll = max(maxOwn, own), max(maxRenewable, renewable), max(maxAll, len(g.leases))
 	}
+	fmt.Fprintf(&b, "proxy: %d concurrent misses its in-flight guard let through to Vault; %d leases made while it renewed another of the same generation, %d of them not renewable (the proxy's); the plugin's leases (all the others, the cascade's included): %d, %.1f per generation, at most %d in one (all leases: at most %d in one; renewable: at most %d in one)\n",
+		st.concurrentMisses, st.overlapping, st.proxys, st.leases-st.proxys, float64(st.leases-st.proxys)/float64(nG), maxOwn, maxAll, maxRenewable)
 	if refusal != "" {
 		fmt.Fprintf(&b, "first refused renewal in vault's log: %s\n", refusal)
 	}
