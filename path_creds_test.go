@@ -2,7 +2,9 @@ package ermeosecrets
 
 import (
 	"errors"
+	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -432,12 +434,12 @@ func TestLeaseOfAReplacedTokenLetsGoAtOnce(t *testing.T) {
 	}
 }
 
-// A second read of the same token generation by the same Vault token, before
-// the first read's renewable lease was renewed, gets a lease of one step
-// that is not renewable (Vault Proxy passes it through without a renewer of
-// its own); its renewal, another Vault token, another generation or
-// renewableLeaseWait makes the next read renewable again.
-func TestASecondReadBeforeTheFirstLeasesRenewalIsNotRenewable(t *testing.T) {
+// A read of the same token generation by the same Vault token within
+// renewableLeaseWait of its renewable lease gets a lease of one step that is
+// not renewable (Vault Proxy passes it through without a renewer of its own),
+// at most maxNotRenewable times; another Vault token, none named, another
+// generation, or the wait's end makes the next read renewable again.
+func TestASecondReadByTheSameVaultTokenIsNotRenewable(t *testing.T) {
 	e := newTestEnv(t, fakeermeo.Options{})
 	e.configure()
 	e.createAccount("app", map[string]any{"min_ttl": "10m"})
@@ -452,33 +454,188 @@ func TestASecondReadBeforeTheFirstLeasesRenewalIsNotRenewable(t *testing.T) {
 	renewable := func(what string, resp *logical.Response, want bool) {
 		t.Helper()
 		s := resp.Secret
-		if s == nil || s.Renewable != want || s.TTL != 5*time.Minute {
+		if s == nil || s.Renewable != want || s.TTL != 5*time.Minute || s.MaxTTL != 5*time.Minute && !want {
 			t.Fatalf("%s: want a lease of 5m, renewable=%v; got %+v (warnings %q)", what, want, s, resp.Warnings)
 		}
 		if got := strings.Contains(strings.Join(resp.Warnings, "\n"), "not renewable"); got == want {
 			t.Errorf("%s: warning that the lease is not renewable: %v, want %v (%q)", what, got, !want, resp.Warnings)
 		}
 	}
-	first := read("proxy")
-	renewable("first read", first, true)
+	renewable("first read", read("proxy"), true)
 	renewable("second read, same Vault token", read("proxy"), false)
-	renewable("third read, same Vault token", read("proxy"), false)
+	e.clock.Advance(renewableLeaseWait - time.Millisecond)
+	renewable("third read, same Vault token, just within the wait", read("proxy"), false)
 	renewable("another Vault token", read("vso"), true)
 	renewable("no Vault token named", read(""), true)
 	renewable("no Vault token named, again", read(""), true)
-
-	r := &vaultRenewer{t: t, e: e, secret: first.Secret, issued: e.clock.Now()}
-	if _, err := r.renew(); err != nil {
-		t.Fatal(err)
+	e.clock.Advance(time.Millisecond)
+	renewable("at the wait's end", read("proxy"), true)
+	for i := 1; i <= maxNotRenewable; i++ {
+		renewable(fmt.Sprintf("read %d after it", i), read("proxy"), false)
 	}
-	again := read("proxy")
-	renewable("after the first lease's renewal", again, true)
-	renewable("then once more", read("proxy"), false)
-	e.clock.Advance(renewableLeaseWait)
-	renewable("renewableLeaseWait later, no renewal", read("proxy"), true)
+	renewable("the read after maxNotRenewable", read("proxy"), true)
+	renewable("and the one after", read("proxy"), false)
 	e.must(logical.UpdateOperation, "accounts/app/rotate", nil)
 	renewable("the next generation", read("proxy"), true)
-	if n := len(e.b.store.leases["app"]); n > 3 {
-		t.Errorf("the store keeps %d leases of app, want those of the last %s only", n, renewableLeaseWait)
+	e.clock.Advance(renewableLeaseWait)
+	read("other")
+	if n := len(e.b.store.leases["app"]); n != 1 {
+		t.Errorf("the store keeps %d Vault tokens' leases of app, want those of the last %s only (1)", n, renewableLeaseWait)
+	}
+}
+
+// proxyWatcher is one of Vault Proxy's renewers of a cached creds answer,
+// vaultRenewer.run one renewal at a time: Proxy starts it when it caches a
+// renewable answer, it renews at once, and when it lets go Proxy evicts
+// whatever answer the request's index ID then holds
+// (command/agentproxyshared/cache/lease_cache.go, startRenewing).
+type proxyWatcher struct {
+	r            *vaultRenewer
+	next         time.Time
+	prior, grace time.Duration
+}
+
+func newProxyWatcher(r *vaultRenewer) *proxyWatcher {
+	ttl := r.secret.TTL.Truncate(time.Second)
+	return &proxyWatcher{r: r, next: r.e.clock.Now(), prior: ttl, grace: r.grace(ttl)}
+}
+
+// step renews once, and reports whether the watcher goes on (else err, if
+// the renewal failed: it then lets go too).
+func (w *proxyWatcher) step() (bool, error) {
+	remaining, err := w.r.renew()
+	if err != nil {
+		return false, err
+	}
+	if remaining > w.prior {
+		w.grace = w.r.grace(remaining)
+	}
+	sleep := remaining*2/3 + w.grace/3
+	w.prior = remaining
+	if remaining <= w.grace || remaining-sleep <= w.grace {
+		return false, nil
+	}
+	w.next = w.r.e.clock.Now().Add(sleep)
+	return true, nil
+}
+
+// proxyModelCap stops a run of proxyModel at that many leases: without the
+// rule, the cascade grows with each generation.
+const proxyModelCap = 3000
+
+// proxyRun is what one run of proxyModel counted, per token generation.
+type proxyRun struct {
+	leases, renewable map[string]int // by access token
+	misses            int            // concurrent misses in all
+	failed            int            // renewals refused
+}
+
+// proxyModel runs Vault Proxy's lease cache for one index (many readers of
+// creds/app through one Proxy, under its token) for gens token generations,
+// with its in-flight guard broken: at each eviction, 1 to 50 readers' misses
+// reach the plugin at once, before any renewal. A renewable answer is cached
+// (replacing the one before) and renewed; one that is not renewable is
+// passed through. vaultToken is the salted token the plugin is handed ("":
+// none, as before a Vault token could be told apart).
+func proxyModel(t *testing.T, minTTL, tokenTTL time.Duration, gens int, seed int64, vaultToken string) proxyRun {
+	e := newTestEnv(t, fakeermeo.Options{AccessTokenTTL: tokenTTL})
+	e.configure()
+	e.createAccount("app", map[string]any{"min_ttl": minTTL.String()})
+	rng := rand.New(rand.NewSource(seed))
+	run := proxyRun{leases: map[string]int{}, renewable: map[string]int{}}
+	end := e.clock.Now().Add(time.Duration(gens) * (tokenTTL - minTTL))
+	var watchers []*proxyWatcher
+	cached := false
+	total := 0
+	for e.clock.Now().Before(end) && total < proxyModelCap {
+		if !cached {
+			misses := 1 + rng.Intn(50)
+			run.misses += misses - 1
+			for range misses {
+				resp, err := e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "creds/app", Storage: e.view, MountPoint: testMount, ClientToken: vaultToken})
+				if err != nil || resp.IsError() {
+					t.Fatalf("read creds/app: %v %v", err, resp)
+				}
+				token := resp.Data["access_token"].(string)
+				run.leases[token]++
+				total++
+				if resp.Secret.Renewable {
+					run.renewable[token]++
+					cached = true
+					watchers = append(watchers, newProxyWatcher(&vaultRenewer{t: t, e: e, secret: resp.Secret, issued: e.clock.Now(), rng: rng}))
+				}
+			}
+			if !cached {
+				e.clock.Advance(20 * time.Millisecond) // the readers come back
+				continue
+			}
+		}
+		next := 0
+		for i, w := range watchers {
+			if w.next.Before(watchers[next].next) {
+				next = i
+			}
+		}
+		w := watchers[next]
+		if d := w.next.Sub(e.clock.Now()); d > 0 {
+			e.clock.Advance(d)
+		}
+		goesOn, err := w.step()
+		if err != nil {
+			run.failed++
+		}
+		if !goesOn {
+			watchers = slices.Delete(watchers, next, next+1)
+			cached = false // evicted by the request's index ID
+		}
+	}
+	return run
+}
+
+// Vault Proxy's concurrent misses (its in-flight guard lets them through)
+// used to make a lease each, cached and renewed under the one index ID, and
+// each of those renewers, letting go, evicted the next generation's answer:
+// the cascade (16, then 11 leases for one token in a fresh clone's e2e run;
+// 110.8 per generation in another). With the plugin's answer to a second
+// read by the same Vault token not renewable until the first lease's
+// renewal, each generation has one renewable lease, and the concurrent
+// misses one lease each that Proxy passes through. The model without a
+// Vault token named shows the cascade it prevents.
+func TestProxysConcurrentMissesMakeNoCascade(t *testing.T) {
+	const seeds, gens = 20, 6
+	for _, c := range []struct{ minTTL, tokenTTL time.Duration }{{6 * time.Second, 12 * time.Second}, {10 * time.Minute, 2 * time.Hour}} {
+		var withRule, without struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
+		for seed := int64(1); seed <= seeds; seed++ {
+			for _, v := range []struct {
+				token string
+				into  *struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
+			}{{"proxy", &withRule}, {"", &without}} {
+				run := proxyModel(t, c.minTTL, c.tokenTTL, gens, seed, v.token)
+				v.into.misses += run.misses
+				v.into.failed += run.failed
+				v.into.generations += len(run.leases)
+				for token, n := range run.leases {
+					v.into.leases += n
+					v.into.maxLeases = max(v.into.maxLeases, n)
+					v.into.maxRenewable = max(v.into.maxRenewable, run.renewable[token])
+				}
+			}
+		}
+		for _, v := range []struct {
+			what string
+			s    struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
+		}{{"the plugin now", withRule}, {fmt.Sprintf("no Vault token told apart (as before; each run stopped at %d leases)", proxyModelCap), without}} {
+			fmt.Printf("Proxy model, min_ttl %v, tokens of %v, %d seeds, in-flight guard broken (1 to 50 misses at once at each eviction): %s: %d token generations, %d concurrent misses, %d leases (%.1f per generation, at most %d in one), at most %d renewable in one generation, %d renewals refused\n",
+				c.minTTL, c.tokenTTL, seeds, v.what, v.s.generations, v.s.misses, v.s.leases, float64(v.s.leases)/float64(max(v.s.generations, 1)), v.s.maxLeases, v.s.maxRenewable, v.s.failed)
+		}
+		if withRule.maxRenewable > 1 || withRule.failed > 0 {
+			t.Errorf("min_ttl %v: up to %d renewable leases in one generation, %d renewals refused: want one renewable lease per generation, none refused", c.minTTL, withRule.maxRenewable, withRule.failed)
+		}
+		if withRule.generations < seeds*gens {
+			t.Errorf("min_ttl %v: %d token generations in %d runs of %d", c.minTTL, withRule.generations, seeds, gens)
+		}
+		if without.maxRenewable <= 2 {
+			t.Errorf("min_ttl %v: the model without the rule shows no cascade (at most %d renewable leases in a generation): it cannot tell the rule works", c.minTTL, without.maxRenewable)
+		}
 	}
 }

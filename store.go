@@ -269,29 +269,30 @@ func (s *accountStore) failure(name string) string {
 }
 
 // renewableLease is the renewable creds lease a Vault token was given last on
-// one token generation of an account: readID names it in the lease's internal
-// data, and renewed says its first renewal came.
+// one token generation of an account, and how many reads of that generation
+// by that Vault token were answered with a lease that is not renewable since.
 type renewableLease struct {
 	generation uint64
-	readID     string
 	at         time.Time
-	renewed    bool
+	passed     int
 }
 
 // claimRenewableLease reports whether a creds read of the account's token
 // generation by a Vault token (the salted ID Vault hands the plugin) may have
-// a renewable lease, and if so records readID as that lease. It may not while
-// the last renewable lease of that generation given to that Vault token,
-// under renewableLeaseWait ago, has had no renewal (see leaseHolder).
-func (s *accountStore) claimRenewableLease(name, token string, generation uint64, readID string) bool {
+// a renewable lease, and if so records it. It may not within
+// renewableLeaseWait of the last renewable lease of that generation given to
+// that Vault token, for at most maxNotRenewable reads (see credsLease).
+func (s *accountStore) claimRenewableLease(name, token string, generation uint64) bool {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if l, ok := s.leases[name][token]; ok && l.generation == generation && !l.renewed && now.Sub(l.at) < renewableLeaseWait {
+	if l, ok := s.leases[name][token]; ok && l.generation == generation && now.Sub(l.at) < renewableLeaseWait && l.passed < maxNotRenewable {
+		l.passed++
+		s.leases[name][token] = l
 		return false
 	}
 	for n, byToken := range s.leases {
-		maps.DeleteFunc(byToken, func(_ string, l renewableLease) bool { return l.renewed || now.Sub(l.at) >= renewableLeaseWait })
+		maps.DeleteFunc(byToken, func(_ string, l renewableLease) bool { return now.Sub(l.at) >= renewableLeaseWait })
 		if len(byToken) == 0 {
 			delete(s.leases, n)
 		}
@@ -299,20 +300,8 @@ func (s *accountStore) claimRenewableLease(name, token string, generation uint64
 	if s.leases[name] == nil {
 		s.leases[name] = map[string]renewableLease{}
 	}
-	s.leases[name][token] = renewableLease{generation: generation, readID: readID, at: now}
+	s.leases[name][token] = renewableLease{generation: generation, at: now}
 	return true
-}
-
-// leaseRenewed records a renewal of the account's renewable lease readID.
-func (s *accountStore) leaseRenewed(name, readID string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for token, l := range s.leases[name] {
-		if l.readID == readID {
-			l.renewed = true
-			s.leases[name][token] = l
-		}
-	}
 }
 
 // hasUnsaved reports whether a refreshed pair of the account waits in memory.
