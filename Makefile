@@ -15,7 +15,7 @@ MODULE   := github.com/ermeo-community/vault-plugin-secrets-ermeo
 LDFLAGS  := -X $(MODULE).Version=$(VERSION)
 GOFILES  := $(shell find . -name '*.go' -not -path './.demo/*') go.mod go.sum
 
-.PHONY: all build release vault demo cluster bench test unit e2e soak alerts-test chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
+.PHONY: all build release vault demo cluster bench test unit models e2e soak alerts-test chaos fuzz fuzz-smoke vet fmt-check docs clean FORCE
 
 all: build
 
@@ -102,7 +102,7 @@ fmt-check:
 # end, whether the steps passed or one failed, make test prints a table of
 # each step run and its wall time in seconds (the failed one marked FAILED),
 # and their total. make test TEST_STEPS="fmt-check vet" runs just those.
-test: TEST_STEPS := fmt-check vet alerts-test unit chaos-short fuzz-smoke e2e
+test: TEST_STEPS := fmt-check vet alerts-test unit models chaos-short fuzz-smoke e2e
 test:
 	@names=(); secs=(); failed=; \
 	report() { \
@@ -131,7 +131,14 @@ CAMPAIGNS := ^(TestChaosCampaign|TestOperatorCampaign|TestConcurrencyCampaign)$$
 TEST_TAGS := -tags lockorder
 
 unit:
-	ERMEO_LOCK_ORDER_REQUIRED=1 go test -race -count=1 $(TEST_TAGS) -skip '$(CAMPAIGNS)' $$(go list ./... | grep -v /internal/e2e)
+	ERMEO_LOCK_ORDER_REQUIRED=1 go test -race -count=1 $(TEST_TAGS) -skip '$(CAMPAIGNS)|$(MODELS)' $$(go list ./... | grep -v /internal/e2e)
+
+# The consumers' models, on the injected clock: Vault's renewer (Agent, Proxy),
+# VSO, ESO and Proxy's concurrent misses, each printing its figures (hence -v,
+# without the plugin's log lines). unit skips them.
+MODELS := ^(TestVSORenewsCredsLeasesAndRereadsForTheNextToken|TestVSORereadsOfAStaleTokenSendOneGrantPerBackoffStep|TestESOIntervalReadsKeepHalfOfMinTTLInTheSecret|TestESODefaultIntervalHoldsExpiredTokens|TestProxysConcurrentMissesMakeNoCascade)$$
+models:
+	ERMEO_LOCK_ORDER_REQUIRED=1 go test -race -count=1 $(TEST_TAGS) -v -run '$(MODELS)' . 2>&1 | grep -Ev '^(20[0-9][0-9]-|=== (RUN|PAUSE|CONT))'
 
 # -timeout 40m: the package's tests, the 1-minute soak (TestSoak) and the
 # partition test included, take longer than go test's default 10 minutes.

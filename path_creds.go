@@ -350,7 +350,10 @@ command restarts it.
 The lease is renewable by half of min_ttl up to half of min_ttl before the
 token expires, never past it, so that Vault Agent and Vault Proxy read again
 when the next read refreshes (docs/leases.md in the plugin's repository has
-the schedule). Revoking it does nothing at Ermeo, which has no revocation. An
+the schedule). A read by the same Vault token of the same access token
+within 2 s of its renewable lease gets a lease that is not renewable, which
+Vault Proxy passes through rather than caching a second answer. Revoking the
+lease does nothing at Ermeo, which has no revocation. An
 account written with lease=false answers without a lease, with a ttl field
 that says when to read again, as Vault's static credentials do.
 

@@ -46,11 +46,19 @@ func TestOverlappingLeasesCountOnlyTheProxysExtras(t *testing.T) {
 		t.Errorf("overlapping leases %v, want %v", got, want)
 	}
 
-	// Of those, the proxy's own are the ones answered with a lease that is
-	// not renewable (which it passes through): the cascade's renewable
-	// D2 and D3, and C3 whose answer no reader reported, stay the plugin's.
-	renewable := map[string]bool{"A": true, "B": true, "C1": true, "C2": false, "D1": true, "D2": true, "D3": true, "E1": false, "E2": true}
-	if got, want := sortedIDs(proxysLeases(overlappingLeases(gens, a), renewable)), []string{"C2"}; !reflect.DeepEqual(got, want) {
+	// The proxy's own leases are those not renewable made within
+	// proxyMissSpan of a renewable one of their generation: C2, and C0,
+	// which the audit log lists before C1. The cascade's D2 and D3 are
+	// renewable, C3's answer no reader reported, and E1 (not renewable)
+	// came 3 s before E2, its generation's renewable lease: all the plugin's.
+	lease("C0", "g3", 12.299)
+	renewable := map[string]bool{"A": true, "B": true, "C0": false, "C1": true, "C2": false, "D1": true, "D2": true, "D3": true, "E1": false, "E2": true}
+	for i := range a.creds {
+		if a.creds[i].leaseID == "E2" {
+			a.creds[i].at = at(27.71) // 3 s after E1
+		}
+	}
+	if got, want := sortedIDs(proxysLeases(gens, a, renewable)), []string{"C0", "C2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("the proxy's leases %v, want %v", got, want)
 	}
 
