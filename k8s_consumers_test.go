@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"testing"
 	"time"
 
@@ -58,9 +59,13 @@ func newConsumerEnv(t *testing.T, minTTL, lifetime time.Duration) *testEnv {
 // consumerRead reads creds/app as Vault routes it. (Without e.request's
 // response-schema check, which the creds tests make: the models read tens of
 // thousands of times under -race.)
-func consumerRead(e *testEnv) (*logical.Response, error) {
+//
+// vaultToken is the consumer's Vault token as Vault hands it to the plugin
+// (salted): VSO's login for its VaultAuth, shared by the resources that use
+// it; a new one for each of ESO's reads, as it logs in for each.
+func consumerRead(e *testEnv, vaultToken string) (*logical.Response, error) {
 	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.ReadOperation, Path: "creds/app", Storage: e.view, MountPoint: testMount,
+		Operation: logical.ReadOperation, Path: "creds/app", Storage: e.view, MountPoint: testMount, ClientToken: vaultToken,
 	})
 	if code, msg, ok := rawError(resp); ok {
 		return nil, logical.CodedError(code, msg)
@@ -317,7 +322,7 @@ func (v *vsoModel) read(now time.Time, p *vsoPass) {
 			v.figures.rereadsAfterUsableEnd++
 		}
 	}
-	resp, err := consumerRead(v.e)
+	resp, err := consumerRead(v.e, "vso")
 	if err != nil {
 		v.figures.readErrors++
 		p.readErr = err
@@ -364,69 +369,97 @@ func (v *vsoModel) read(now time.Time, p *vsoPass) {
 // answer is renewable and longer than 0, so that VSO keeps requeueing; the
 // renewal that reaches past the lease's end comes back short, and VSO's read
 // in the same pass gets the next token; the Secret never holds a token with
-// less than half of min_ttl left.
+// less than half of min_ttl left. The same with two VaultDynamicSecrets of
+// the account under one VaultAuth (one Vault token), created at once: the
+// second's reads within 2 s of the first's get a lease that is not renewable
+// (path_creds.go's credsLease), which VSO reads again at 67-77% of.
 func TestVSORenewsCredsLeasesAndRereadsForTheNextToken(t *testing.T) {
 	const seeds, generations = 40, 2
-	for _, rp := range []int{67, 90} {
-		for _, minTTL := range consumerMinTTLs {
-			lifetime := consumerTokenLifetime(minTTL)
-			var sum vsoFigures
-			for seed := int64(1); seed <= seeds; seed++ {
-				label := fmt.Sprintf("renewalPercent %d, min_ttl %v, tokens of %v, seed %d", rp, minTTL, lifetime, seed)
-				e := newConsumerEnv(t, minTTL, lifetime)
-				rng := rand.New(rand.NewSource(seed))
-				// The first read anywhere in the token's renewable life; the
-				// first seeds at its very end, and seed 4 in the last seconds
-				// before the usable end (a non-renewable lease).
-				span := lifetime - minTTL - renewableWindow
-				offset := time.Duration(rng.Int63n(int64(span)))
-				switch {
-				case seed <= 3:
-					offset = span - time.Duration(seed-1)*300*time.Millisecond
-				case seed == 4:
-					offset = span + time.Second
+	for _, resources := range []int{1, 2} {
+		for _, rp := range []int{67, 90} {
+			for _, minTTL := range consumerMinTTLs {
+				lifetime := consumerTokenLifetime(minTTL)
+				var sum vsoFigures
+				for seed := int64(1); seed <= seeds; seed++ {
+					label := fmt.Sprintf("%d VaultDynamicSecrets, renewalPercent %d, min_ttl %v, tokens of %v, seed %d", resources, rp, minTTL, lifetime, seed)
+					e := newConsumerEnv(t, minTTL, lifetime)
+					rng := rand.New(rand.NewSource(seed))
+					// The first read anywhere in the token's renewable life; the
+					// first seeds at its very end, and seed 4 in the last seconds
+					// before the usable end (a non-renewable lease).
+					span := lifetime - minTTL - renewableWindow
+					offset := time.Duration(rng.Int63n(int64(span)))
+					switch {
+					case seed <= 3:
+						offset = span - time.Duration(seed-1)*300*time.Millisecond
+					case seed == 4:
+						offset = span + time.Second
+					}
+					e.clock.Advance(offset)
+					var vs []*vsoModel
+					nextAt := make([]time.Time, resources)
+					for i := range resources {
+						vs = append(vs, newVSOModel(t, e, rng, rp, minTTL, fmt.Sprintf("%s, resource %d", label, i+1)))
+						nextAt[i] = e.clock.Now()
+					}
+					for slices.ContainsFunc(vs, func(v *vsoModel) bool { return len(v.generation) <= generations }) {
+						i := 0
+						for j := range vs {
+							if nextAt[j].Before(nextAt[i]) {
+								i = j
+							}
+						}
+						v := vs[i]
+						if v.figures.passes > 20000 {
+							t.Fatalf("%s: %d passes without %d token generations", v.label, v.figures.passes, generations)
+						}
+						if d := nextAt[i].Sub(e.clock.Now()); d > 0 {
+							e.clock.Advance(d)
+						}
+						p := v.pass()
+						checkVSOPass(t, v, p, minTTL)
+						nextAt[i] = e.clock.Now().Add(p.next)
+					}
+					e.assertNoTokenUsedTwice()
+					for _, v := range vs {
+						sum.add(v.figures)
+					}
 				}
-				e.clock.Advance(offset)
-				v := newVSOModel(t, e, rng, rp, minTTL, label)
-				for len(v.generation) <= generations {
-					if v.figures.passes > 20000 {
-						t.Fatalf("%s: %d passes without %d token generations", label, v.figures.passes, generations)
-					}
-					p := v.pass()
-					if p.read && p.readErr != nil {
-						t.Errorf("%s: a read failed with Ermeo up: %v", v.where(), p.readErr)
-					}
-					if p.read && p.readErr == nil && p.heldToken != "" {
-						left := p.heldExp.Sub(p.at)
-						if left < minTTL/2 {
-							t.Errorf("%s: VSO read again with %v left in the token it held, less than half of min_ttl", v.where(), left)
-						}
-						if !p.at.Before(p.heldExp.Add(-minTTL)) && v.token == p.heldToken {
-							t.Errorf("%s: a re-read %v past the held token's usable end got the same token", v.where(), p.at.Sub(p.heldExp.Add(-minTTL)))
-						}
-					}
-					if p.read && p.readErr == nil {
-						if left := v.tokenExpires.Sub(p.at); left < minTTL {
-							t.Errorf("%s: a read got a token with %v left, less than min_ttl", v.where(), left)
-						}
-					}
-					if !p.requeue {
-						t.Fatalf("%s: VSO stopped requeueing (renewed=%v)", v.where(), p.renewed)
-					}
-					e.clock.Advance(p.next)
-				}
-				e.assertNoTokenUsedTwice()
-				sum.add(v.figures)
+				mean, most := sum.perGeneration()
+				t.Logf("VSO, %d VaultDynamicSecrets of the account under one VaultAuth, renewalPercent %d, min_ttl %v, tokens of %v, %d seeds: %d token generations; creds reads per generation per resource mean %.2f max %d; "+
+					"%d full renewals, %d cut short (then read again in the pass; %d answers under 1 s), %d failed (%d at or past the lease's end); "+
+					"re-reads before the usable end %d, after it %d, of the same token %d; least life left in the held token at a re-read %v (%.0f%% of min_ttl)",
+					resources, rp, minTTL, lifetime, seeds, len(sum.readsPerGeneration), mean, most,
+					sum.renewals, sum.truncated, sum.shortRenewals, sum.renewErrors, sum.leaseExpired,
+					sum.rereadsBeforeUsableEnd, sum.rereadsAfterUsableEnd, sum.rereadsSameToken,
+					sum.leastLeft.Round(time.Millisecond), 100*float64(sum.leastLeft)/float64(minTTL))
 			}
-			mean, most := sum.perGeneration()
-			t.Logf("VSO renewalPercent %d, min_ttl %v, tokens of %v, %d seeds: %d token generations; creds reads per generation mean %.2f max %d; "+
-				"%d full renewals, %d cut short (then read again in the pass; %d answers under 1 s), %d failed (%d at or past the lease's end); "+
-				"re-reads before the usable end %d, after it %d, of the same token %d; least life left in the held token at a re-read %v (%.0f%% of min_ttl)",
-				rp, minTTL, lifetime, seeds, len(sum.readsPerGeneration), mean, most,
-				sum.renewals, sum.truncated, sum.shortRenewals, sum.renewErrors, sum.leaseExpired,
-				sum.rereadsBeforeUsableEnd, sum.rereadsAfterUsableEnd, sum.rereadsSameToken,
-				sum.leastLeft.Round(time.Millisecond), 100*float64(sum.leastLeft)/float64(minTTL))
 		}
+	}
+}
+
+// checkVSOPass holds one Reconcile to what VSO needs of the plugin.
+func checkVSOPass(t *testing.T, v *vsoModel, p vsoPass, minTTL time.Duration) {
+	t.Helper()
+	if p.read && p.readErr != nil {
+		t.Errorf("%s: a read failed with Ermeo up: %v", v.where(), p.readErr)
+	}
+	if p.read && p.readErr == nil && p.heldToken != "" {
+		left := p.heldExp.Sub(p.at)
+		if left < minTTL/2 {
+			t.Errorf("%s: VSO read again with %v left in the token it held, less than half of min_ttl", v.where(), left)
+		}
+		if !p.at.Before(p.heldExp.Add(-minTTL)) && v.token == p.heldToken {
+			t.Errorf("%s: a re-read %v past the held token's usable end got the same token", v.where(), p.at.Sub(p.heldExp.Add(-minTTL)))
+		}
+	}
+	if p.read && p.readErr == nil {
+		if left := v.tokenExpires.Sub(p.at); left < minTTL {
+			t.Errorf("%s: a read got a token with %v left, less than min_ttl", v.where(), left)
+		}
+	}
+	if !p.requeue {
+		t.Fatalf("%s: VSO stopped requeueing (renewed=%v)", v.where(), p.renewed)
 	}
 }
 
@@ -675,7 +708,7 @@ func esoRun(t *testing.T, e *testEnv, label string, first time.Time, interval ti
 	for nextESO.Before(end) {
 		if otherReading && nextOther.Before(nextESO) {
 			e.clock.Advance(nextOther.Sub(e.clock.Now()))
-			resp, err := consumerRead(e)
+			resp, err := consumerRead(e, "other")
 			if err != nil {
 				t.Fatalf("%s: the other reader's read failed: %v", label, err)
 			}
@@ -697,7 +730,7 @@ func esoRun(t *testing.T, e *testEnv, label string, first time.Time, interval ti
 				}
 			}
 		}
-		resp, err := consumerRead(e)
+		resp, err := consumerRead(e, fmt.Sprint("eso-", f.reads))
 		if err != nil {
 			t.Fatalf("%s: an ESO read failed with Ermeo up: %v", label, err)
 		}
