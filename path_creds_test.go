@@ -528,29 +528,55 @@ type proxyRun struct {
 	leases, renewable map[string]int // by access token
 	misses            int            // concurrent misses in all
 	failed            int            // renewals refused
+	// second: the leases of each token generation made for the second
+	// request kind (proxyKinds).
+	second map[string]int
 }
 
-// proxyModel runs Vault Proxy's lease cache for one index (many readers of
-// creds/app through one Proxy, under its token) for gens token generations,
-// with its in-flight guard broken: at each eviction, 1 to 50 readers' misses
-// reach the plugin at once, before any renewal. A renewable answer is cached
-// (replacing the one before) and renewed; one that is not renewable is
-// passed through. vaultToken is the salted token the plugin is handed ("":
-// none, as before a Vault token could be told apart).
-func proxyModel(t *testing.T, minTTL, tokenTTL time.Duration, gens int, seed int64, vaultToken string) proxyRun {
+// proxyKinds is what reaches the plugin when a request kind's cached answer is
+// gone: misses(first) reads at once, first telling whether it is the first
+// miss since the eviction (else the readers come back after an answer passed
+// through, all of them).
+type proxyKinds struct {
+	kinds  int
+	misses func(rng *rand.Rand, first bool) int
+}
+
+// proxyModel runs Vault Proxy's lease cache for one or more request kinds
+// (many readers of creds/app through one Proxy, under its token; each kind's
+// requests, whose headers differ from the other's, have an index ID of their
+// own) for gens token generations. At each eviction of a kind's answer,
+// kinds.misses reads of it reach the plugin at once, before any renewal. A
+// renewable answer is cached (replacing the one before) and renewed; one that
+// is not renewable is passed through, and the readers come back 20 ms later.
+// vaultToken is the salted token the plugin is handed ("": none, as before a
+// Vault token could be told apart).
+func proxyModel(t *testing.T, minTTL, tokenTTL time.Duration, gens int, seed int64, vaultToken string, kinds proxyKinds) proxyRun {
 	e := newTestEnv(t, fakeermeo.Options{AccessTokenTTL: tokenTTL})
 	e.configure()
 	e.createAccount("app", map[string]any{"min_ttl": minTTL.String()})
 	rng := rand.New(rand.NewSource(seed))
-	run := proxyRun{leases: map[string]int{}, renewable: map[string]int{}}
+	run := proxyRun{leases: map[string]int{}, renewable: map[string]int{}, second: map[string]int{}}
 	end := e.clock.Now().Add(time.Duration(gens) * (tokenTTL - minTTL))
-	var watchers []*proxyWatcher
-	cached := false
+	type kind struct {
+		cached   bool
+		first    bool // no read since the eviction
+		retryAt  time.Time
+		watchers []*proxyWatcher
+	}
+	ks := make([]*kind, kinds.kinds)
+	for i := range ks {
+		ks[i] = &kind{first: true, retryAt: e.clock.Now()}
+	}
 	total := 0
 	for e.clock.Now().Before(end) && total < proxyModelCap {
-		if !cached {
-			misses := 1 + rng.Intn(50)
+		for i, k := range ks {
+			if k.cached || k.retryAt.After(e.clock.Now()) {
+				continue
+			}
+			misses := kinds.misses(rng, k.first)
 			run.misses += misses - 1
+			k.first = false
 			for range misses {
 				resp, err := e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "creds/app", Storage: e.view, MountPoint: testMount, ClientToken: vaultToken})
 				if err != nil || resp.IsError() {
@@ -558,75 +584,124 @@ func proxyModel(t *testing.T, minTTL, tokenTTL time.Duration, gens int, seed int
 				}
 				token := resp.Data["access_token"].(string)
 				run.leases[token]++
+				if i == 1 {
+					run.second[token]++
+				}
 				total++
 				if resp.Secret.Renewable {
 					run.renewable[token]++
-					cached = true
-					watchers = append(watchers, newProxyWatcher(&vaultRenewer{t: t, e: e, secret: resp.Secret, issued: e.clock.Now(), rng: rng}))
+					k.cached = true
+					k.watchers = append(k.watchers, newProxyWatcher(&vaultRenewer{t: t, e: e, secret: resp.Secret, issued: e.clock.Now(), rng: rng}))
 				}
 			}
-			if !cached {
-				e.clock.Advance(20 * time.Millisecond) // the readers come back
-				continue
+			if !k.cached {
+				k.retryAt = e.clock.Now().Add(20 * time.Millisecond)
 			}
 		}
-		next := 0
-		for i, w := range watchers {
-			if w.next.Before(watchers[next].next) {
-				next = i
+		// The next event: a renewal, or readers coming back to a kind
+		// that has no answer cached.
+		var next *kind
+		at, w := time.Time{}, -1
+		for _, k := range ks {
+			if !k.cached && (next == nil || k.retryAt.Before(at)) {
+				next, at, w = k, k.retryAt, -1
+			}
+			for i, pw := range k.watchers {
+				if next == nil || pw.next.Before(at) {
+					next, at, w = k, pw.next, i
+				}
 			}
 		}
-		w := watchers[next]
-		if d := w.next.Sub(e.clock.Now()); d > 0 {
+		if d := at.Sub(e.clock.Now()); d > 0 {
 			e.clock.Advance(d)
 		}
-		goesOn, err := w.step()
+		if w < 0 {
+			continue
+		}
+		goesOn, err := next.watchers[w].step()
 		if err != nil {
 			run.failed++
 		}
 		if !goesOn {
-			watchers = slices.Delete(watchers, next, next+1)
-			cached = false // evicted by the request's index ID
+			next.watchers = slices.Delete(next.watchers, w, w+1)
+			next.cached, next.first, next.retryAt = false, true, e.clock.Now() // evicted by the request's index ID
 		}
 	}
 	return run
 }
 
+// proxyModelFigures sums runs of proxyModel.
+type proxyModelFigures struct {
+	maxRenewable, maxLeases, leases, generations, misses, failed int
+	maxSecond, second                                            int
+}
+
+func (f *proxyModelFigures) add(run proxyRun) {
+	f.misses += run.misses
+	f.failed += run.failed
+	f.generations += len(run.leases)
+	for token, n := range run.leases {
+		f.leases += n
+		f.maxLeases = max(f.maxLeases, n)
+		f.maxRenewable = max(f.maxRenewable, run.renewable[token])
+		f.second += run.second[token]
+		f.maxSecond = max(f.maxSecond, run.second[token])
+	}
+}
+
+// Proxy's in-flight guard broken: the first miss after an eviction comes with
+// up to 49 others; readers coming back after an answer passed through, all 50.
+// Working: one miss, but every reader once an answer passed through.
+var (
+	proxyGuardBroken = func(rng *rand.Rand, first bool) int {
+		if first {
+			return 1 + rng.Intn(50)
+		}
+		return 50
+	}
+	proxyGuardWorking = func(_ *rand.Rand, first bool) int {
+		if first {
+			return 1
+		}
+		return 50
+	}
+)
+
 // Vault Proxy's concurrent misses (its in-flight guard lets them through)
 // used to make a lease each, cached and renewed under the one index ID, and
 // each of those renewers, letting go, evicted the next generation's answer:
 // the cascade (16, then 11 leases for one token in a fresh clone's e2e run;
-// 110.8 per generation in another). With the plugin's answer to a second
-// read by the same Vault token not renewable until the first lease's
-// renewal, each generation has one renewable lease, and the concurrent
-// misses one lease each that Proxy passes through. The model without a
-// Vault token named shows the cascade it prevents.
+// 110.8 per generation in another). With the plugin's answer to a read by
+// the same Vault token within 2 s of its renewable lease not renewable, each
+// generation has one renewable lease, and the concurrent misses one lease
+// each that Proxy passes through. The model without a Vault token named shows
+// the cascade it prevents. The price: two request kinds under one Proxy token
+// (clients whose headers differ), evicted together, each need a renewable
+// lease, and the second passes its readers' reads through, one lease each,
+// until the plugin's limit (maxNotRenewable) gives it one.
 func TestProxysConcurrentMissesMakeNoCascade(t *testing.T) {
 	const seeds, gens = 20, 6
 	for _, c := range []struct{ minTTL, tokenTTL time.Duration }{{6 * time.Second, 12 * time.Second}, {10 * time.Minute, 2 * time.Hour}} {
-		var withRule, without struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
+		var withRule, without, twoKinds proxyModelFigures
 		for seed := int64(1); seed <= seeds; seed++ {
-			for _, v := range []struct {
-				token string
-				into  *struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
-			}{{"proxy", &withRule}, {"", &without}} {
-				run := proxyModel(t, c.minTTL, c.tokenTTL, gens, seed, v.token)
-				v.into.misses += run.misses
-				v.into.failed += run.failed
-				v.into.generations += len(run.leases)
-				for token, n := range run.leases {
-					v.into.leases += n
-					v.into.maxLeases = max(v.into.maxLeases, n)
-					v.into.maxRenewable = max(v.into.maxRenewable, run.renewable[token])
-				}
-			}
+			withRule.add(proxyModel(t, c.minTTL, c.tokenTTL, gens, seed, "proxy", proxyKinds{1, proxyGuardBroken}))
+			without.add(proxyModel(t, c.minTTL, c.tokenTTL, gens, seed, "", proxyKinds{1, proxyGuardBroken}))
+			twoKinds.add(proxyModel(t, c.minTTL, c.tokenTTL, gens, seed, "proxy", proxyKinds{2, proxyGuardWorking}))
 		}
 		for _, v := range []struct {
 			what string
-			s    struct{ maxRenewable, maxLeases, leases, generations, misses, failed int }
-		}{{"the plugin now", withRule}, {fmt.Sprintf("no Vault token told apart (as before; each run stopped at %d leases)", proxyModelCap), without}} {
-			fmt.Printf("Proxy model, min_ttl %v, tokens of %v, %d seeds, in-flight guard broken (1 to 50 misses at once at each eviction): %s: %d token generations, %d concurrent misses, %d leases (%.1f per generation, at most %d in one), at most %d renewable in one generation, %d renewals refused\n",
-				c.minTTL, c.tokenTTL, seeds, v.what, v.s.generations, v.s.misses, v.s.leases, float64(v.s.leases)/float64(max(v.s.generations, 1)), v.s.maxLeases, v.s.maxRenewable, v.s.failed)
+			f    proxyModelFigures
+		}{
+			{"in-flight guard broken (1 to 50 misses at once at each eviction), the plugin now", withRule},
+			{fmt.Sprintf("in-flight guard broken, no Vault token told apart (as before; each run stopped at %d leases)", proxyModelCap), without},
+			{"guard working, two request kinds evicted together, the plugin now", twoKinds},
+		} {
+			fmt.Printf("Proxy model, min_ttl %v, tokens of %v, %d seeds, 50 readers: %s: %d token generations, %d concurrent misses, %d leases (%.1f per generation, at most %d in one), at most %d renewable in one generation, %d renewals refused",
+				c.minTTL, c.tokenTTL, seeds, v.what, v.f.generations, v.f.misses, v.f.leases, float64(v.f.leases)/float64(max(v.f.generations, 1)), v.f.maxLeases, v.f.maxRenewable, v.f.failed)
+			if v.f.second > 0 {
+				fmt.Printf("; the second kind's: %.1f leases per generation, at most %d in one", float64(v.f.second)/float64(max(v.f.generations, 1)), v.f.maxSecond)
+			}
+			fmt.Println()
 		}
 		if withRule.maxRenewable > 1 || withRule.failed > 0 {
 			t.Errorf("min_ttl %v: up to %d renewable leases in one generation, %d renewals refused: want one renewable lease per generation, none refused", c.minTTL, withRule.maxRenewable, withRule.failed)
@@ -636,6 +711,12 @@ func TestProxysConcurrentMissesMakeNoCascade(t *testing.T) {
 		}
 		if without.maxRenewable <= 2 {
 			t.Errorf("min_ttl %v: the model without the rule shows no cascade (at most %d renewable leases in a generation): it cannot tell the rule works", c.minTTL, without.maxRenewable)
+		}
+		// The second kind's readers come back 50 at a time: the plugin's
+		// limit, then the rest of the round that reached it.
+		if most := 1 + maxNotRenewable + 50; twoKinds.maxRenewable > 2 || twoKinds.maxSecond > most || twoKinds.failed > 0 {
+			t.Errorf("min_ttl %v, two request kinds: up to %d renewable leases and %d of the second kind in one generation, %d renewals refused: want at most 2, %d and 0",
+				c.minTTL, twoKinds.maxRenewable, twoKinds.maxSecond, twoKinds.failed, most)
 		}
 	}
 }

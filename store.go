@@ -18,8 +18,9 @@ import (
 
 // The account store: one mount's accounts, in storage and in memory. It alone
 // touches the cache of entries, the overlay of refreshed pairs storage
-// refused, the failures storage could not record, and the keep-alive schedule
-// and its load (which backend.go begins, runs and stops). No mutex is held
+// refused, the failures storage could not record, the renewable creds leases
+// each Vault token was given lately, and the keep-alive schedule and its load
+// (which backend.go begins, runs and stops). No mutex is held
 // across a storage call (locks.go). An entry handed out is a copy: callers
 // change their copy and put it.
 //
