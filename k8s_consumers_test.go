@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/consumers"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -108,21 +109,6 @@ func vaultReadLease(s *logical.Secret) (ttl time.Duration, zero bool) {
 		ttl = s.MaxTTL
 	}
 	return ttl, zero
-}
-
-// vsoHorizon is VSO's computeDynamicHorizonWithJitter: renewalPercent
-// (capRenewalPercent: 0 to 90) of the lease, plus 10% of it less a random
-// jitter below that 10% (computeMaxJitter): 67-77% by default, 90-100% at
-// the cap.
-func vsoHorizon(rng *rand.Rand, lease time.Duration, renewalPercent int) time.Duration {
-	rp := min(max(renewalPercent, 0), 90)
-	maxJitter := 0.1 * float64(lease.Nanoseconds())
-	var jitter uint64
-	if u := uint64(maxJitter); u != 0 {
-		jitter = uint64(rng.Int63()) % u
-	}
-	start := time.Duration(float64(lease.Nanoseconds()) * float64(rp) / 100)
-	return start + time.Duration(maxJitter) - time.Duration(jitter)
 }
 
 // vsoModel is one VaultDynamicSecret of VSO v1.4.1 reading creds/app, and the
@@ -305,7 +291,7 @@ func (v *vsoModel) renew(now time.Time) (time.Duration, bool) {
 	if lease < time.Second {
 		lease = 5 * time.Second // VSO's stand-in for a lease under a second
 	}
-	return vsoHorizon(v.rng, lease, v.renewalPercent), true
+	return consumers.VSOHorizon(v.rng, lease, v.renewalPercent), true
 }
 
 // read is VSO's syncSecret and computePostSyncHorizon.
@@ -361,7 +347,7 @@ func (v *vsoModel) read(now time.Time, p *vsoPass) {
 		v.stopped = true
 		return
 	}
-	p.next, p.requeue = vsoHorizon(v.rng, time.Duration(v.leaseDuration)*time.Second, v.renewalPercent), true
+	p.next, p.requeue = consumers.VSOHorizon(v.rng, time.Duration(v.leaseDuration)*time.Second, v.renewalPercent), true
 }
 
 // VSO's VaultDynamicSecret, at renewalPercent 67 (its default) and 90 (its

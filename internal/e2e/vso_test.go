@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/consumers"
 	"github.com/ermeo-community/vault-plugin-secrets-ermeo/internal/fakeermeo"
 )
 
@@ -144,20 +145,6 @@ func TestVSOLikeClientKeepsAValidToken(t *testing.T) {
 	cli.assertNoSecretReturned(testClientSecret, testPassword)
 }
 
-// vsoHorizon is VSO's computeDynamicHorizonWithJitter (controllers/common.go):
-// renewalPercent (capped at 90) of the lease, plus 10% of it less a random
-// jitter below that 10%: 67-77% of the lease at the default.
-func vsoHorizon(rng *rand.Rand, lease time.Duration, renewalPercent int) time.Duration {
-	rp := min(max(renewalPercent, 0), 90)
-	maxJitter := 0.1 * float64(lease.Nanoseconds())
-	var jitter uint64
-	if u := uint64(maxJitter); u != 0 {
-		jitter = uint64(rng.Int63()) % u
-	}
-	start := time.Duration(float64(lease.Nanoseconds()) * float64(rp) / 100)
-	return start + time.Duration(maxJitter) - time.Duration(jitter)
-}
-
 // vsoClient is one VaultDynamicSecret of VSO reading creds/app, and the
 // Kubernetes Secret it writes.
 type vsoClient struct {
@@ -289,7 +276,7 @@ func (v *vsoClient) renew() (next time.Duration, done, requeue bool) {
 	}
 	v.renewals++
 	v.leaseDuration = s.LeaseDuration
-	next = vsoHorizon(v.rng, time.Duration(s.LeaseDuration)*time.Second, vsoRenewalPercent)
+	next = consumers.VSOHorizon(v.rng, time.Duration(s.LeaseDuration)*time.Second, vsoRenewalPercent)
 	v.event("renew increment=%ds (token %.2fs left): lease_duration %d: next pass in %.2fs", increment, left.Seconds(), s.LeaseDuration, next.Seconds())
 	return next, true, true
 }
@@ -343,7 +330,7 @@ func (v *vsoClient) read() (time.Duration, bool) {
 		v.t.Errorf("%s: a creds read answered lease_duration %d: VSO's horizon is 0 and it never comes back", v.at(now), s.LeaseDuration)
 		return 0, false
 	}
-	next := vsoHorizon(v.rng, time.Duration(s.LeaseDuration)*time.Second, vsoRenewalPercent)
+	next := consumers.VSOHorizon(v.rng, time.Duration(s.LeaseDuration)*time.Second, vsoRenewalPercent)
 	held := ""
 	if reread {
 		held = fmt.Sprintf(" (held token had %.2fs left)", heldLeft.Seconds())
