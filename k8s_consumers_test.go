@@ -367,7 +367,7 @@ func TestVSORenewsCredsLeasesAndRereadsForTheNextToken(t *testing.T) {
 				lifetime := consumerTokenLifetime(minTTL)
 				var sum vsoFigures
 				for seed := int64(1); seed <= seeds; seed++ {
-					label := fmt.Sprintf("%d VaultDynamicSecrets, renewalPercent %d, min_ttl %v, tokens of %v, seed %d", resources, rp, minTTL, lifetime, seed)
+					label := fmt.Sprintf("%d VaultDynamicSecret(s), renewalPercent %d, min_ttl %v, tokens of %v, seed %d", resources, rp, minTTL, lifetime, seed)
 					e := newConsumerEnv(t, minTTL, lifetime)
 					rng := rand.New(rand.NewSource(seed))
 					// The first read anywhere in the token's renewable life; the
@@ -412,10 +412,10 @@ func TestVSORenewsCredsLeasesAndRereadsForTheNextToken(t *testing.T) {
 					}
 				}
 				mean, most := sum.perGeneration()
-				t.Logf("VSO, %d VaultDynamicSecrets of the account under one VaultAuth, renewalPercent %d, min_ttl %v, tokens of %v, %d seeds: %d token generations; creds reads per generation per resource mean %.2f max %d; "+
+				t.Logf("VSO, %s, renewalPercent %d, min_ttl %v, tokens of %v, %d seeds: %d token generations; creds reads per generation per resource mean %.2f max %d; "+
 					"%d full renewals, %d cut short (then read again in the pass; %d answers under 1 s), %d failed (%d at or past the lease's end); "+
 					"re-reads before the usable end %d, after it %d, of the same token %d; least life left in the held token at a re-read %v (%.0f%% of min_ttl)",
-					resources, rp, minTTL, lifetime, seeds, len(sum.readsPerGeneration), mean, most,
+					map[int]string{1: "one VaultDynamicSecret", 2: "two VaultDynamicSecrets of the account under one VaultAuth"}[resources], rp, minTTL, lifetime, seeds, len(sum.readsPerGeneration), mean, most,
 					sum.renewals, sum.truncated, sum.shortRenewals, sum.renewErrors, sum.leaseExpired,
 					sum.rereadsBeforeUsableEnd, sum.rereadsAfterUsableEnd, sum.rereadsSameToken,
 					sum.leastLeft.Round(time.Millisecond), 100*float64(sum.leastLeft)/float64(minTTL))
