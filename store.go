@@ -80,6 +80,10 @@ type accountStore struct {
 	// last, while later reads of its token generation by that Vault token
 	// get a lease that is not renewable (path_creds.go's leaseHolder).
 	leases map[string]map[string]renewableLease
+	// leasesPruned: when leases last dropped what is past renewableLeaseWait
+	// (once per wait, not at every claim: a new Vault token per read, as
+	// ESO's, claims at every read).
+	leasesPruned time.Time
 	// changes counts the changes to cache and overlay: a read from storage
 	// fills the cache only if none came while it read (it may be older).
 	changes uint64
@@ -292,10 +296,13 @@ func (s *accountStore) claimRenewableLease(name, token string, generation uint64
 		s.leases[name][token] = l
 		return false
 	}
-	for n, byToken := range s.leases {
-		maps.DeleteFunc(byToken, func(_ string, l renewableLease) bool { return now.Sub(l.at) >= renewableLeaseWait })
-		if len(byToken) == 0 {
-			delete(s.leases, n)
+	if now.Sub(s.leasesPruned) >= renewableLeaseWait {
+		s.leasesPruned = now
+		for n, byToken := range s.leases {
+			maps.DeleteFunc(byToken, func(_ string, l renewableLease) bool { return now.Sub(l.at) >= renewableLeaseWait })
+			if len(byToken) == 0 {
+				delete(s.leases, n)
+			}
 		}
 	}
 	if s.leases[name] == nil {
