@@ -286,10 +286,7 @@ func (g *proxyGen) leaseCounts(st proxyStats) (own, renewable int) {
 // order. A renewable lease, or one whose answer no reader reported, is never
 // the proxy's.
 func proxysLeases(gens []*proxyGen, a *proxyAudit, renewable map[string]bool) map[string]bool {
-	byHash := map[string]*proxyGen{}
-	for _, g := range gens {
-		byHash[g.hash] = g
-	}
+	byHash := gensByHash(gens)
 	renewableAt := map[*proxyGen][]time.Time{}
 	for _, c := range a.creds {
 		if g := byHash[c.tokenHash]; g != nil && c.leaseID != "" && renewable[c.leaseID] {
@@ -310,6 +307,15 @@ func proxysLeases(gens []*proxyGen, a *proxyAudit, renewable map[string]bool) ma
 		}
 	}
 	return out
+}
+
+// gensByHash names each generation by its token's HMAC in the audit log.
+func gensByHash(gens []*proxyGen) map[string]*proxyGen {
+	byHash := map[string]*proxyGen{}
+	for _, g := range gens {
+		byHash[g.hash] = g
+	}
+	return byHash
 }
 
 // proxyMissSpan is how far from the renewable lease a lease that is not
@@ -335,10 +341,7 @@ func overlappingLeases(gens []*proxyGen, a *proxyAudit) map[string]bool {
 			lastRenewal[r.leaseID] = r.at
 		}
 	}
-	byHash := map[string]*proxyGen{}
-	for _, g := range gens {
-		byHash[g.hash] = g
-	}
+	byHash := gensByHash(gens)
 	type created struct {
 		id string
 		at time.Time
@@ -783,10 +786,7 @@ type proxyLease struct {
 // lines together, lease by lease: the proxy caches one answer at a time, so
 // each of its lines is about the lease of the last read before it.
 func proxyLeases(gens []*proxyGen, a *proxyAudit, pl *proxyLog, leases map[string]*leaseSeen, missLease map[string]int) []*proxyLease {
-	byHash := map[string]*proxyGen{}
-	for _, g := range gens {
-		byHash[g.hash] = g
-	}
+	byHash := gensByHash(gens)
 	var out []*proxyLease
 	byID := map[string]*proxyLease{}
 	for _, c := range a.creds {
